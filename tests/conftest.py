@@ -1,0 +1,59 @@
+"""Shared test helpers.
+
+- Makes `ansible_collections.hypermesh.ebpf` importable from the working tree (scripts/bootstrap.sh links it).
+- `run_module`: runs one of the collection's modules through real Ansible against localhost and returns the
+  module's result dict. This is the path an operator uses; tests go through it rather than importing modules.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLLECTIONS = os.path.join(TOP, ".cache", "collections")
+if COLLECTIONS not in sys.path:
+    sys.path.insert(0, COLLECTIONS)
+
+
+def ansible_module(module, args=None, check=False, diff=False, env=None):
+    """Run hypermesh.ebpf.<module> on localhost through `ansible`; return the module's result dict."""
+    fq = module if "." in module else "hypermesh.ebpf." + module
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-c", "local",
+           "-i", "localhost,", "-m", fq, "-a", json.dumps(args or {}),
+           "-e", "ansible_python_interpreter=" + sys.executable]
+    if check:
+        cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
+    full_env = dict(os.environ)
+    full_env.update({
+        "ANSIBLE_CONFIG": os.path.join(TOP, "ansible.cfg"),
+        "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
+        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+        "ANSIBLE_STDOUT_CALLBACK": "json",
+        "ANSIBLE_NOCOLOR": "1",
+        "LANG": "C",
+    })
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=TOP)
+    try:
+        doc = json.loads(proc.stdout)
+        return doc["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError):
+        raise AssertionError("ansible produced no result (rc=%d)\nstdout:\n%s\nstderr:\n%s"
+                             % (proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
+
+
+@pytest.fixture
+def run_module():
+    return ansible_module
+
+
+def is_root():
+    return os.geteuid() == 0
+
+
+needs_root = pytest.mark.skipif(not is_root(), reason="needs root (bpf(), netlink, bpffs)")
