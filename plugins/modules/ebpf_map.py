@@ -1,0 +1,243 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hypermesh engineers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: ebpf_map
+short_description: Declare the entries of a pinned eBPF map
+description:
+  - Makes a pinned BPF map hold (or not hold) the given entries, read from and written to the kernel through
+    bpf(2) (C(BPF_MAP_LOOKUP_ELEM), C(BPF_MAP_UPDATE_BATCH) or C(BPF_MAP_UPDATE_ELEM), C(BPF_MAP_DELETE_ELEM)).
+  - The map is found by O(path), or by O(name) (a program managed by M(hypermesh.ebpf.ebpf_program)) and O(map).
+  - Key and value sizes come from the map's info; with O(key_format=auto) / O(value_format=auto) the map's BTF
+    types are used (integers, enums, structs as dicts by field name, arrays as lists, char arrays as strings).
+    A key or value that does not fit is an error.
+  - All or nothing. Every key and value is encoded and checked before the first write; when the kernel refuses a
+    write mid-way (map full, ...) the keys already written get their previous values back and the keys added are
+    deleted, so the map is left as it was, and the module fails.
+  - Per-CPU maps (C(percpu_hash), C(percpu_array), C(lru_percpu_hash)) get the given value on B(every) CPU; an
+    entry matches only when every CPU holds that value.
+  - Array maps cannot remove entries; for them O(state=absent) and O(exact=true) set the value to all zeros, and
+    an all-zero array entry counts as absent.
+  - Takes the host-wide lock C(/run/lock/hypermesh-ebpf.lock) while it reads and writes.
+version_added: "0.1.0"
+author: hypermesh engineers
+options:
+  path:
+    description: Path of the pinned map on bpffs.
+    type: path
+  name:
+    description: Name of the managed program whose map this is (maps pinned at C(<pin_root>/<name>/maps/<map>),
+      or C(<pin_root>/_shared/<map>) for maps pinned by name).
+    type: str
+  map:
+    description: Name of the map within the program O(name).
+    type: str
+  pin_root:
+    description: The bpffs directory managed programs are pinned under.
+    type: path
+    default: /sys/fs/bpf/hypermesh
+  entries:
+    description: The entries to add, update or remove.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      key:
+        description: The key, written in O(key_format).
+        type: raw
+        required: true
+      value:
+        description: The value, written in O(value_format). Required with O(state=present).
+        type: raw
+  state:
+    description: Whether the O(entries) must be present (with these values) or absent.
+    type: str
+    choices: [present, absent]
+    default: present
+  exact:
+    description: Remove every entry of the map that is not in O(entries). Only with O(state=present).
+    type: bool
+    default: false
+  key_format:
+    description:
+      - How keys are written. V(int) unsigned integer in host byte order, V(hex) raw bytes in order,
+        V(ipv4)/V(ipv6) addresses in network byte order, V(mac), V(string) (NUL padded), V(auto) the map's
+        BTF type when it has one, else V(hex).
+    type: str
+    choices: [auto, int, hex, ipv4, ipv6, mac, string]
+    default: auto
+  value_format:
+    description: How values are written; same choices as O(key_format).
+    type: str
+    choices: [auto, int, hex, ipv4, ipv6, mac, string]
+    default: auto
+extends_documentation_fragment:
+  - hypermesh.ebpf.attributes
+notes:
+  - A map frozen with C(BPF_MAP_FREEZE) or created with C(BPF_F_RDONLY) is read-only from user space; changing
+    it is refused before anything is written.
+"""
+
+EXAMPLES = r"""
+- name: Block two IPv4 sources with the example XDP blocklist
+  hypermesh.ebpf.ebpf_map:
+    name: blocklist
+    map: blocklist
+    key_format: ipv4
+    entries:
+      - {key: 192.0.2.10, value: 0}
+      - {key: 192.0.2.11, value: 0}
+
+- name: Exactly these sources, nothing else
+  hypermesh.ebpf.ebpf_map:
+    path: /sys/fs/bpf/hypermesh/blocklist/maps/blocklist
+    key_format: ipv4
+    exact: true
+    entries:
+      - {key: 192.0.2.10, value: 0}
+
+- name: Unblock one source
+  hypermesh.ebpf.ebpf_map:
+    name: blocklist
+    map: blocklist
+    key_format: ipv4
+    state: absent
+    entries:
+      - key: 192.0.2.11
+
+- name: Reset a per-CPU struct counter on every CPU
+  hypermesh.ebpf.ebpf_map:
+    name: counter
+    map: xdp_stats
+    entries:
+      - {key: 0, value: {packets: 0, bytes: 0}}
+"""
+
+RETURN = r"""
+map:
+  description: The map as the kernel describes it.
+  returned: always
+  type: dict
+  sample: {path: /sys/fs/bpf/hypermesh/blocklist/maps/blocklist, id: 42, name: blocklist, type: hash,
+           key_size: 4, value_size: 8, max_entries: 65536, map_flags: 0, btf_id: 7, frozen: false, percpu: false,
+           possible_cpus: null}
+added:
+  description: Keys written that were not in the map (or, in arrays, were all zeros).
+  returned: always
+  type: list
+  elements: str
+  sample: ["192.0.2.10"]
+updated:
+  description: Keys whose value was changed.
+  returned: always
+  type: list
+  elements: str
+removed:
+  description: Keys deleted (array maps, zeroed).
+  returned: always
+  type: list
+  elements: str
+diff:
+  description: The changed keys before and after (C(null) = absent); per-CPU values that differ between CPUs
+    are shown as a list, one item per CPU.
+  returned: when diff mode is on
+  type: dict
+  sample: {before: {entries: {"192.0.2.10": null}}, after: {entries: {"192.0.2.10": 0}}}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_codec
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import pinned_map
+
+
+def _show(pm, vcodec, buf):
+    if buf is None:
+        return None
+    values = [vcodec.decode(c) for c in pm.cpu_values(buf)]
+    if len(values) == 1 or all(v == values[0] for v in values):
+        return values[0]
+    return values
+
+
+def run(module):
+    p = module.params
+    if p["exact"] and p["state"] == "absent":
+        module.fail_json(msg="exact=true removes every entry not listed; it needs state=present")
+    path = pinned_map.map_path(p["path"], p["name"], p["map"], p["pin_root"])
+    with pinned_map.host_lock():
+        with pinned_map.PinnedMap(path, write=True) as pm:
+            kcodec = pm.key_codec(p["key_format"])
+            vcodec = pm.value_codec(p["value_format"])
+            wanted = []
+            for i, entry in enumerate(p["entries"]):
+                if "key" not in entry or entry["key"] is None:
+                    raise pinned_map.MapError("entries[%d] has no key" % i)
+                key = kcodec.encode(entry["key"], "entries[%d].key" % i)
+                label = kcodec.label(key)
+                pm.check_key(key, label)
+                value = None
+                if p["state"] == "present":
+                    if entry.get("value") is None:
+                        raise pinned_map.MapError("entries[%d] (key %s) has no value; state=present needs one"
+                                                  % (i, label))
+                    value = pm.full_value(vcodec.encode(entry["value"], "entries[%d].value" % i))
+                wanted.append((key, value))
+            plan = pinned_map.plan(pm, wanted, p["state"], p["exact"])
+            changed = bool(plan["deletes"] or plan["updates"])
+            if changed and pm.read_only:
+                raise pinned_map.MapError("map %s is read-only from user space (%s); nothing was written" % (
+                    path, "frozen with BPF_MAP_FREEZE" if pm.frozen else "created with BPF_F_RDONLY"))
+            if changed and not module.check_mode:
+                pm.apply(plan["deletes"], plan["updates"])
+            result = {
+                "changed": changed,
+                "map": pm.describe(),
+                "added": [kcodec.label(k) for k, _v in plan["updates"] if plan["before"][k] is None],
+                "updated": [kcodec.label(k) for k, _v in plan["updates"] if plan["before"][k] is not None],
+                "removed": [kcodec.label(k) for k in plan["deletes"]],
+            }
+            if module._diff:
+                result["diff"] = {
+                    "before": {"entries": dict((kcodec.label(k), _show(pm, vcodec, v))
+                                               for k, v in plan["before"].items())},
+                    "after": {"entries": dict((kcodec.label(k), _show(pm, vcodec, v))
+                                              for k, v in plan["after"].items())},
+                }
+            return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path"),
+            name=dict(type="str"),
+            map=dict(type="str"),
+            pin_root=dict(type="path", default=pinned_map.DEFAULT_PIN_ROOT),
+            entries=dict(type="list", elements="dict", default=[],
+                         options=dict(key=dict(type="raw", required=True), value=dict(type="raw"))),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            exact=dict(type="bool", default=False),
+            key_format=dict(type="str", choices=list(map_codec.FORMATS), default="auto"),
+            value_format=dict(type="str", choices=list(map_codec.FORMATS), default="auto"),
+        ),
+        mutually_exclusive=[("path", "name"), ("path", "map")],
+        required_one_of=[("path", "name")],
+        required_together=[("name", "map")],
+        supports_check_mode=True,
+    )
+    try:
+        result = run(module)
+    except (map_codec.CodecError, pinned_map.MapError, OSError) as e:
+        module.fail_json(msg=str(e))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
