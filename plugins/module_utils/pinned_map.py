@@ -19,15 +19,12 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
-import fcntl
 import os
-from contextlib import contextmanager
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_codec
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/hypermesh"
-LOCK_PATH = "/run/lock/hypermesh-ebpf.lock"
 ENOTSUPP = 524  # kernel-internal "not supported" that bpf() lets through
 BATCH_BYTES = 32 * 1024 * 1024  # at most this much key+value buffer per BPF_MAP_LOOKUP_BATCH
 F_RDONLY = getattr(bs, "BPF_F_RDONLY", 1 << 3)
@@ -62,20 +59,6 @@ def _fdinfo(fd):
     except (IOError, OSError):
         pass
     return out
-
-
-@contextmanager
-def host_lock(path=LOCK_PATH):
-    """The host-wide flock every state-changing module takes (see docs/DESIGN.md)."""
-    d = os.path.dirname(path)
-    if not os.path.isdir(d):
-        os.makedirs(d)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 class PinnedMap(object):

@@ -153,6 +153,7 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_codec
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import pinned_map
 
@@ -171,7 +172,7 @@ def run(module):
     if p["exact"] and p["state"] == "absent":
         module.fail_json(msg="exact=true removes every entry not listed; it needs state=present")
     path = pinned_map.map_path(p["path"], p["name"], p["map"], p["pin_root"])
-    with pinned_map.host_lock():
+    with lock.HostLock():
         with pinned_map.PinnedMap(path, write=True) as pm:
             kcodec = pm.key_codec(p["key_format"])
             vcodec = pm.value_codec(p["value_format"])
@@ -234,7 +235,7 @@ def main():
     )
     try:
         result = run(module)
-    except (map_codec.CodecError, pinned_map.MapError, OSError) as e:
+    except (map_codec.CodecError, pinned_map.MapError, lock.LockTimeout, OSError) as e:
         module.fail_json(msg=str(e))
     module.exit_json(**result)
 

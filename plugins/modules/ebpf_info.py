@@ -1,0 +1,132 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hypermesh engineers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: ebpf_info
+short_description: List the host's eBPF programs, links and maps, and which ones this collection manages
+description:
+  - Lists every BPF program, link and map the kernel holds (what C(bpftool prog show), C(bpftool link show) and
+    C(bpftool map show) list), read through bpf(2) (C(BPF_*_GET_NEXT_ID), C(BPF_OBJ_GET_INFO_BY_FD)).
+  - Each object is flagged RV(programs[].managed) when it is pinned under O(pin_root) by this collection, with
+    the managed program's name (RV(programs[].managed_name); maps pinned by name show C(_shared)).
+  - Lists the XDP, tc (cls_bpf) and tcx programs of every interface, in this network namespace and in each
+    namespace of O(netns).
+  - Program run counts and run time (RV(programs[].run_cnt), RV(programs[].run_time_ns)) only grow while the
+    kernel's BPF statistics are on. With O(stats=true) they are turned on for O(stats_seconds) and while the
+    programs are read, through C(BPF_ENABLE_STATS) (kernel 5.8+; off again when the module closes its fd) or,
+    on older kernels, the C(kernel.bpf_stats_enabled) sysctl, put back to 0 afterwards. RV(stats.method) says
+    which (C(already_enabled) when the sysctl was already on and nothing was touched).
+version_added: "0.1.0"
+author: hypermesh engineers
+options:
+  pin_root:
+    description: The bpffs directory managed programs are pinned under.
+    type: path
+    default: /sys/fs/bpf/hypermesh
+  netns:
+    description: Names of network namespaces (C(/run/netns/<name>)) whose interfaces to list as well.
+    type: list
+    elements: str
+    default: []
+  stats:
+    description: Turn the kernel's BPF run-time statistics on while reading (see above).
+    type: bool
+    default: false
+  stats_seconds:
+    description: With O(stats=true), keep statistics on this many seconds before reading, so programs that
+      run in that window are counted.
+    type: float
+    default: 0
+extends_documentation_fragment:
+  - hypermesh.ebpf.attributes.INFO_MODULE
+"""
+
+EXAMPLES = r"""
+- name: What runs on this host
+  hypermesh.ebpf.ebpf_info:
+  register: bpf
+
+- name: Count program runs for two seconds, include the interfaces of namespace blue
+  hypermesh.ebpf.ebpf_info:
+    stats: true
+    stats_seconds: 2
+    netns: [blue]
+"""
+
+RETURN = r"""
+programs:
+  description: Every loaded program.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{id: 42, type_name: xdp, name: xdp_blocklist, tag: 0123456789abcdef, run_cnt: 10,
+            run_time_ns: 12345, map_ids: [7, 8], managed: true, managed_name: blocklist,
+            pin: /sys/fs/bpf/hypermesh/blocklist/prog}]
+maps:
+  description: Every map, flagged like RV(programs).
+  returned: always
+  type: list
+  elements: dict
+links:
+  description: Every BPF link, flagged like RV(programs).
+  returned: always
+  type: list
+  elements: dict
+interfaces:
+  description: Each interface with its XDP program (C(prog_id), C(mode)), tc filters and tcx programs per
+    direction (C(null) where the kernel has no tcx).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{ifname: veth0, ifindex: 5, netns: blue, xdp: {prog_id: 42, mode: generic},
+            tc: {ingress: [], egress: []}, tcx: {ingress: [], egress: []}}]
+managed_names:
+  description: Names of the managed programs found under O(pin_root).
+  returned: always
+  type: list
+  elements: str
+stats:
+  description: How statistics were turned on.
+  returned: when O(stats=true)
+  type: dict
+  sample: {method: bpf_enable_stats, seconds: 2}
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import inventory
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            pin_root=dict(type="path", default=inventory.DEFAULT_PIN_ROOT),
+            netns=dict(type="list", elements="str", default=[]),
+            stats=dict(type="bool", default=False),
+            stats_seconds=dict(type="float", default=0),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if p["stats_seconds"] < 0:
+        module.fail_json(msg="stats_seconds must be 0 or more")
+    for ns in p["netns"]:
+        if "/" not in ns and not os.path.exists("/run/netns/" + ns):
+            module.fail_json(msg="network namespace %s does not exist (/run/netns/%s)" % (ns, ns))
+    try:
+        result = inventory.collect(p["pin_root"], p["netns"], p["stats"], p["stats_seconds"])
+    except Exception as e:  # report, do not traceback: any kernel/netlink error here is the host's state
+        module.fail_json(msg="reading the host's BPF objects failed: %s" % e)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()
