@@ -1,0 +1,324 @@
+# -*- coding: utf-8 -*-
+# Copyright: hypermesh engineers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The host's hardware as eBPF rollouts see it: CPUs, memory, block devices and network interfaces.
+
+Read from /proc and /sys under `root="/"` (unit tests pass a fixture tree). For network interfaces the readers
+also ask the kernel directly when root is "/": the ETHTOOL_GDRVINFO ioctl for the driver of virtual devices
+(veth, tun, bridge ...), and the netdev generic-netlink family (kernel 6.3+) for the XDP features a driver
+announces. Everything here only reads; nothing needs privileges.
+
+Importable without ansible.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ctypes
+import fcntl
+import os
+import socket
+import struct
+
+# Drivers with native (driver-mode) XDP in mainline Linux: the ones implementing ndo_bpf XDP_SETUP_PROG.
+# Names as the kernel reports them (the /sys/class/net/X/device/driver link, or ethtool -i for virtual devices).
+# Used when the kernel does not announce xdp_features itself (before 6.3).
+NATIVE_XDP_DRIVERS = frozenset([
+    "virtio_net", "veth", "tun", "bonding", "netdevsim",          # virtual
+    "mlx5_core", "mlx4_core", "mlx4_en",                          # NVIDIA/Mellanox
+    "i40e", "ice", "ixgbe", "ixgbevf", "igb", "igc", "idpf",      # Intel
+    "bnxt_en", "ena", "nfp", "qede", "thunder-nicvf", "gve", "hv_netvsc", "vif",
+    "stmmaceth", "netsec", "mvneta", "mvpp2", "sfc", "fsl_dpaa2_eth", "fsl_enetc", "fec", "atlantic",
+    "cpsw", "am65-cpsw-nuss", "mtk_soc_eth", "lan966x-switch", "tsnep", "rvu_nicpf", "rvu_nicvf",
+])
+# Drivers that can run XDP programs on the NIC itself (offload mode).
+OFFLOAD_XDP_DRIVERS = frozenset(["nfp", "netdevsim"])
+
+# netdev generic netlink (include/uapi/linux/netdev.h)
+NETDEV_XDP_ACT = {
+    1: "basic", 2: "redirect", 4: "ndo_xmit", 8: "xsk_zerocopy", 16: "hw_offload", 32: "rx_sg", 64: "ndo_xmit_sg",
+}
+_NETLINK_GENERIC = 16
+_GENL_ID_CTRL = 0x10
+_CTRL_CMD_GETFAMILY = 3
+_CTRL_ATTR_FAMILY_ID = 1
+_CTRL_ATTR_FAMILY_NAME = 2
+_NETDEV_CMD_DEV_GET = 1
+_NETDEV_A_DEV_IFINDEX = 1
+_NETDEV_A_DEV_XDP_FEATURES = 3
+_NLM_F_REQUEST = 0x1
+_NLM_F_DUMP = 0x300
+_NLMSG_ERROR = 2
+_NLMSG_DONE = 3
+
+_SIOCETHTOOL = 0x8946
+_ETHTOOL_GDRVINFO = 3
+_DRVINFO_SIZE = 196  # struct ethtool_drvinfo
+
+
+# ---------------------------------------------------------------- CPUs and memory
+
+def cpu_count(cpu_list):
+    """Number of CPUs in a kernel CPU list such as "0-3,8,10-11" (0 for an empty list)."""
+    count = 0
+    for part in (cpu_list or "").strip().split(","):
+        if not part:
+            continue
+        if "-" in part:
+            low, high = part.split("-", 1)
+            count += int(high) - int(low) + 1
+        else:
+            count += 1
+    return count
+
+
+def cpus(root="/"):
+    """{"online": "0-1", "online_count": 2, "possible": "0-1", "possible_count": 2, "model": ..., "arch": ...}."""
+    online = (_read(root, "sys/devices/system/cpu/online") or "").strip()
+    possible = (_read(root, "sys/devices/system/cpu/possible") or "").strip()
+    model = None
+    for line in (_read(root, "proc/cpuinfo") or "").splitlines():
+        key, _sep, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "cpu model", "cpu") and value.strip():
+            model = value.strip()
+            break
+    return {
+        "online": online, "online_count": cpu_count(online),
+        "possible": possible, "possible_count": cpu_count(possible),
+        "model": model,
+        "arch": os.uname()[4],
+    }
+
+
+def memory(root="/"):
+    """{"total_bytes", "available_bytes"} from /proc/meminfo (None where absent)."""
+    values = {}
+    for line in (_read(root, "proc/meminfo") or "").splitlines():
+        key, _sep, rest = line.partition(":")
+        fields = rest.split()
+        if fields and fields[0].isdigit():
+            values[key.strip()] = int(fields[0]) * (1024 if fields[1:2] == ["kB"] else 1)
+    return {"total_bytes": values.get("MemTotal"), "available_bytes": values.get("MemAvailable")}
+
+
+# ---------------------------------------------------------------- block devices
+
+def block_devices(root="/"):
+    """{name: {"size_bytes", "rotational", "removable", "model"}} from /sys/block; empty loop/ram/zram skipped."""
+    result = {}
+    base = _path(root, "sys/block")
+    for name in sorted(_listdir(base)):
+        sectors = _read_int(root, "sys/block/%s/size" % name)
+        size = None if sectors is None else sectors * 512  # sysfs counts 512-byte sectors whatever the device
+        if not size and name.startswith(("loop", "ram", "zram")):
+            continue
+        model = _read(root, "sys/block/%s/device/model" % name)
+        result[name] = {
+            "size_bytes": size,
+            "rotational": _read_int(root, "sys/block/%s/queue/rotational" % name) == 1,
+            "removable": _read_int(root, "sys/block/%s/removable" % name) == 1,
+            "model": model.strip() if model else None,
+        }
+    return result
+
+
+# ---------------------------------------------------------------- network interfaces
+
+def ethtool_driver(ifname):
+    """The driver name ETHTOOL_GDRVINFO reports for `ifname` ("veth", "tun", "bridge" ...), or None."""
+    info = ctypes.create_string_buffer(struct.pack("I", _ETHTOOL_GDRVINFO), _DRVINFO_SIZE)
+    ifreq = struct.pack("16sP", ifname.encode()[:15], ctypes.addressof(info))
+    ifreq += b"\0" * (40 - len(ifreq))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        fcntl.ioctl(sock.fileno(), _SIOCETHTOOL, ifreq)
+    except (IOError, OSError):
+        return None
+    finally:
+        sock.close()
+    driver = info.raw[4:36].split(b"\0", 1)[0].decode("ascii", "replace")
+    return driver or None
+
+
+def _nl_attrs(data):
+    """{type: payload} of a run of netlink attributes."""
+    attrs = {}
+    while len(data) >= 4:
+        length, kind = struct.unpack_from("HH", data)
+        if length < 4:
+            break
+        attrs[kind & 0x3fff] = data[4:length]
+        data = data[(length + 3) & ~3:]
+    return attrs
+
+
+def _genl_request(sock, family, cmd, flags, attrs=b"", seq=1):
+    """Send one generic netlink request, return the list of reply payloads (after the genl header)."""
+    body = struct.pack("BBH", cmd, 1, 0) + attrs
+    sock.send(struct.pack("IHHII", 16 + len(body), family, _NLM_F_REQUEST | flags, seq, 0) + body)
+    replies = []
+    while True:
+        data = sock.recv(65536)
+        offset = 0
+        while offset + 16 <= len(data):
+            length, kind, _flags, _seq, _pid = struct.unpack_from("IHHII", data, offset)
+            if length < 16:
+                return replies
+            payload = data[offset + 16:offset + length]
+            offset += (length + 3) & ~3
+            if kind == _NLMSG_DONE:
+                return replies
+            if kind == _NLMSG_ERROR:
+                err = -struct.unpack_from("i", payload)[0]
+                if err:
+                    raise OSError(err, "netlink: %s" % os.strerror(err))
+                return replies
+            replies.append(payload[4:])
+        if not flags & _NLM_F_DUMP:
+            return replies
+
+
+def xdp_features():
+    """{ifindex: [feature names]} from the netdev generic netlink family (kernel 6.3+).
+
+    Raises OSError when the family does not exist (older kernels) or netlink fails.
+    """
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_GENERIC)
+    try:
+        sock.settimeout(2.0)
+        sock.bind((0, 0))
+        name = b"netdev\0"
+        attr = struct.pack("HH", 4 + len(name), _CTRL_ATTR_FAMILY_NAME) + name
+        attr += b"\0" * (-len(attr) % 4)
+        replies = _genl_request(sock, _GENL_ID_CTRL, _CTRL_CMD_GETFAMILY, 0, attr, seq=1)
+        family = None
+        for reply in replies:
+            raw = _nl_attrs(reply).get(_CTRL_ATTR_FAMILY_ID)
+            if raw:
+                family = struct.unpack_from("H", raw)[0]
+        if family is None:
+            raise OSError(2, "no netdev generic netlink family")
+        result = {}
+        for reply in _genl_request(sock, family, _NETDEV_CMD_DEV_GET, _NLM_F_DUMP, seq=2):
+            attrs = _nl_attrs(reply)
+            if _NETDEV_A_DEV_IFINDEX not in attrs:
+                continue
+            ifindex = struct.unpack_from("I", attrs[_NETDEV_A_DEV_IFINDEX])[0]
+            bits = struct.unpack_from("Q", attrs.get(_NETDEV_A_DEV_XDP_FEATURES, b"\0" * 8))[0]
+            result[ifindex] = [name for bit, name in sorted(NETDEV_XDP_ACT.items()) if bits & bit]
+        return result
+    except socket.timeout:
+        raise OSError(110, "netdev generic netlink did not answer")
+    finally:
+        sock.close()
+
+
+def interface_driver(name, root="/"):
+    """(driver, source) of interface `name`: sysfs device link, device uevent, ethtool, or uevent DEVTYPE."""
+    base = "sys/class/net/%s" % name
+    link = _path(root, base + "/device/driver")
+    if os.path.islink(link):
+        return os.path.basename(os.readlink(link)), "sysfs"
+    for line in (_read(root, base + "/device/uevent") or "").splitlines():
+        if line.startswith("DRIVER="):
+            return line[len("DRIVER="):], "sysfs"
+    if root == "/":
+        driver = ethtool_driver(name)
+        if driver:
+            return driver, "ethtool"
+    for line in (_read(root, base + "/uevent") or "").splitlines():
+        if line.startswith("DEVTYPE="):
+            return line[len("DEVTYPE="):], "sysfs"
+    if name == "lo" or _read_int(root, base + "/type") == 772:  # ARPHRD_LOOPBACK
+        return "loopback", "sysfs"
+    return None, "unknown"
+
+
+def xdp_modes(driver, features=None):
+    """(modes, source): generic always, native and offload from the kernel's xdp_features or the driver table."""
+    modes = ["generic"]
+    if features is not None:
+        if "basic" in features:
+            modes.append("native")
+        if "hw_offload" in features:
+            modes.append("offload")
+        return modes, "xdp_features"
+    if driver in NATIVE_XDP_DRIVERS:
+        modes.append("native")
+    if driver in OFFLOAD_XDP_DRIVERS:
+        modes.append("offload")
+    return modes, "driver table"
+
+
+def interfaces(root="/"):
+    """{name: {ifindex, driver, driver_source, mtu, rx_queues, tx_queues, xdp_features, xdp_modes, xdp_source}}.
+
+    Interfaces of the network namespace this process runs in.
+    """
+    announced, announced_error = None, ""
+    if root == "/":
+        try:
+            announced = xdp_features()
+        except (OSError, socket.error) as exc:
+            announced_error = "netdev netlink: %s" % (getattr(exc, "strerror", None) or exc)
+    result = {}
+    for name in sorted(_listdir(_path(root, "sys/class/net"))):
+        base = "sys/class/net/%s" % name
+        ifindex = _read_int(root, base + "/ifindex")
+        driver, driver_source = interface_driver(name, root)
+        queues = _listdir(_path(root, base + "/queues"))
+        features = None if announced is None else announced.get(ifindex)
+        modes, modes_source = xdp_modes(driver, features)
+        result[name] = {
+            "ifindex": ifindex,
+            "driver": driver,
+            "driver_source": driver_source,
+            "mtu": _read_int(root, base + "/mtu"),
+            "rx_queues": len([q for q in queues if q.startswith("rx-")]),
+            "tx_queues": len([q for q in queues if q.startswith("tx-")]),
+            "xdp_features": features,
+            "xdp_modes": modes,
+            "xdp_source": modes_source if features is not None or not announced_error
+            else "%s (%s)" % (modes_source, announced_error),
+        }
+    return result
+
+
+def facts(root="/"):
+    """ansible_facts.ebpf.hardware."""
+    return {
+        "cpus": cpus(root),
+        "memory": memory(root),
+        "block_devices": block_devices(root),
+        "interfaces": interfaces(root),
+    }
+
+
+# ---------------------------------------------------------------- helpers
+
+def _path(root, rel):
+    return os.path.join(root, rel.lstrip("/"))
+
+
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _read(root, rel):
+    try:
+        with open(_path(root, rel)) as handle:
+            return handle.read()
+    except (IOError, OSError):
+        return None
+
+
+def _read_int(root, rel):
+    text = _read(root, rel)
+    try:
+        return int(text.split()[0])
+    except (AttributeError, ValueError, IndexError):
+        return None
