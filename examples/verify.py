@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check the example objects against the running kernel (root only).
 
-    python3 examples/verify.py [--keep-going]
+    python3 examples/verify.py [--libbpf=/path/to/libbpf.so.N ...]
 
 1. Every objects/*.bpf.o is loaded with `bpftool prog loadall` (maps pinned
    beside it); its programs and maps must match the CONTRACT below (names,
@@ -13,6 +13,10 @@
    counts are exact), cgroup_egress_bytes on a cgroup made here,
    count_sys_enter through BPF_RAW_TRACEPOINT_OPEN and count_openat through a
    tracepoint perf event.
+3. With --libbpf=PATH (repeatable): every object is opened and loaded through
+   that libbpf's own API (e.g. Debian 11's libbpf.so.0.3.0, extracted from
+   the libbpf0 package): program names, sections and maps as that version sees
+   them, and the load result.
 Everything it creates (pins under /sys/fs/bpf/_examples_check, the two
 namespaces, the cgroup) is removed at the end, also on failure.
 
@@ -275,6 +279,68 @@ def step_tracing():
     os.close(prog)
 
 
+class OpenOpts(ctypes.Structure):
+    """struct bpf_object_open_opts up to kconfig: the same offsets in libbpf 0.3 and 1.x."""
+    _fields_ = [("sz", ctypes.c_size_t), ("object_name", ctypes.c_char_p),
+                ("relaxed_maps", ctypes.c_bool), ("relaxed_core_relocs", ctypes.c_bool),
+                ("pin_root_path", ctypes.c_char_p), ("attach_prog_fd", ctypes.c_uint32),
+                ("kconfig", ctypes.c_char_p)]
+
+
+def step_libbpf(path):
+    """Open and load every object through the libbpf at PATH (say a libbpf.so.0.3.0
+    taken from Debian 11's libbpf0): program names, sections, maps, load result."""
+    print("open and load through %s" % path)
+    lib = ctypes.CDLL(path, use_errno=True)
+    vp, cp = ctypes.c_void_p, ctypes.c_char_p
+    for fname, res, args in (("bpf_object__open_file", vp, [cp, vp]), ("libbpf_get_error", ctypes.c_long, [vp]),
+                             ("bpf_object__load", ctypes.c_int, [vp]), ("bpf_object__close", None, [vp]),
+                             ("bpf_program__name", cp, [vp]), ("bpf_program__section_name", cp, [vp]),
+                             ("bpf_map__name", cp, [vp])):
+        getattr(lib, fname).restype, getattr(lib, fname).argtypes = res, args
+    if hasattr(lib, "bpf_object__next_program"):  # 0.7+
+        next_prog, next_map = lib.bpf_object__next_program, lib.bpf_object__next_map
+        order = lambda obj, cur: (obj, cur)
+    else:  # 0.3: (prev, obj)
+        next_prog, next_map = lib.bpf_program__next, lib.bpf_map__next
+        order = lambda obj, cur: (cur, obj)
+    for fn in (next_prog, next_map):
+        fn.restype, fn.argtypes = vp, [vp, vp]
+
+    def walk(fn, obj, name_of):
+        out, cur = [], None
+        while True:
+            cur = fn(*order(obj, cur))
+            if not cur:
+                return out
+            out.append(name_of(cur))
+
+    pin_root = PIN + "/libbpf_pins"
+    os.makedirs(pin_root, exist_ok=True)
+    for name in sorted(CONTRACT) + ["bad_verifier"]:
+        opts = OpenOpts(ctypes.sizeof(OpenOpts), None, False, False, pin_root.encode(), 0, None)
+        obj = lib.bpf_object__open_file(os.path.join(HERE, "objects", name + ".bpf.o").encode(), ctypes.byref(opts))
+        if lib.libbpf_get_error(obj):
+            check(False, "%s opens" % name)
+            continue
+        progs = walk(next_prog, obj, lambda p: (lib.bpf_program__name(p).decode(),
+                                                lib.bpf_program__section_name(p).decode()))
+        maps = walk(next_map, obj, lambda m: lib.bpf_map__name(m).decode())
+        want_progs, want_maps = CONTRACT.get(name, ({"xdp_bad": "xdp"}, {}))
+        check(sorted(p for p, _ in progs) == sorted(want_progs) and sorted(maps) == sorted(want_maps),
+              "%s opens: programs %s, maps %s" % (name, progs, maps))
+        rc = lib.bpf_object__load(obj)
+        lib.bpf_object__close(obj)
+        if name == "bad_verifier":
+            check(rc != 0, "bad_verifier does not load (%d)" % rc)
+        elif rc != 0 and name in TRAMPOLINE:
+            print("  note %s does not load here (%d): trampolines refused, or vmlinux BTF too new for this libbpf"
+                  % (name, rc))
+        else:
+            check(rc == 0, "%s loads (%d)" % (name, rc))
+    shutil.rmtree(pin_root, ignore_errors=True)
+
+
 def cleanup():
     for ns in (NS_A, NS_B):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
@@ -292,12 +358,15 @@ def main():
         run("mount", "-t", "bpf", "bpf", "/sys/fs/bpf")
     if not os.path.isdir("/sys/kernel/tracing/events"):
         run("mount", "-t", "tracefs", "tracefs", "/sys/kernel/tracing", check=False)
+    libbpfs = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--libbpf=")]
     cleanup()
     os.makedirs(PIN)
     try:
         step_load()
         step_traffic()
         step_tracing()
+        for path in libbpfs:
+            step_libbpf(path)
     finally:
         cleanup()
     print("%d failed" % len(failures) if failures else "all checks passed")
