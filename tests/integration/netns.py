@@ -21,7 +21,10 @@ import itertools
 import os
 import subprocess
 
-import pytest
+try:
+    import pytest
+except ImportError:     # usable from plain scripts too (e.g. under the system python3)
+    pytest = None
 
 _counter = itertools.count(os.getpid() % 200)
 
@@ -59,7 +62,7 @@ def netns_exists(name):
 def _next_free():
     for _ in range(400):
         n = next(_counter) % 250 + 1
-        prefix = "hmt%d%d" % (os.getpid() % 1000, n)
+        prefix = "hmt%dx%d" % (os.getpid() % 1000, n)
         if not netns_exists(prefix + "a") and not netns_exists(prefix + "b"):
             return prefix, "10.199.%d.0/24" % n
     raise RuntimeError("no free 10.199.X.0/24 test subnet")
@@ -102,10 +105,11 @@ def ping(from_ns, addr, count=3, timeout=1):
     return proc.returncode == 0
 
 
-@pytest.fixture
-def veth_pair():
-    """A fresh VethPair for one test, removed afterwards (needs root)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    with make_veth_pair() as pair:
-        yield pair
+if pytest is not None:
+    @pytest.fixture
+    def veth_pair():
+        """A fresh VethPair for one test, removed afterwards (needs root)."""
+        if os.geteuid() != 0:
+            pytest.skip("needs root (network namespaces)")
+        with make_veth_pair() as pair:
+            yield pair
