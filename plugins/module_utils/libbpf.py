@@ -1,0 +1,283 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""ctypes binding over the distro's libbpf (libbpf.so.0 from 0.3, libbpf.so.1): open and load ELF objects.
+
+One job: turn an ELF object into loaded kernel objects (program and map fds) with libbpf, the loader the kernel
+community maintains (relocations, CO-RE, BTF, map creation). Attaching and pinning are done by the caller with
+bpf_syscall; this file never attaches anything.
+
+Version differences handled here:
+- 0.x returns ERR_PTR-encoded pointers from the open functions, 1.x returns NULL and sets errno
+  (`_check_ptr` handles both, with libbpf_get_error for the 0.x case).
+- bpf_object__next_program / bpf_object__next_map exist from 0.7; before, bpf_program__next / bpf_map__next.
+- `struct bpf_object_open_opts` only grows: `sz`, `object_name`, `relaxed_maps` (+ `relaxed_core_relocs` in 0.x,
+  a bool in the same padding), `pin_root_path` at offset 24 in every version. We pass `sz` = 32, which every
+  version accepts.
+
+libbpf's log goes through libbpf_set_print to a ctypes callback that formats it with vsnprintf on the va_list;
+a load failure raises LibbpfError whose `.log_tail` carries the tail of the verifier log.
+Importable without ansible.
+"""
+import ctypes
+import ctypes.util
+import errno as errno_mod
+import os
+import resource
+import threading
+
+LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so.0", "libbpf.so")
+_LOG_BUF_SIZE = 1 << 20
+_TAIL_LINES = 40
+
+
+class LibbpfError(Exception):
+    """A libbpf failure: `.errno` (positive), `.op` (what failed), `.log_tail` (libbpf/verifier log tail)."""
+
+    def __init__(self, message, errno=0, op="", log_tail=""):
+        Exception.__init__(self, message)
+        self.errno = errno
+        self.op = op
+        self.log_tail = log_tail
+
+
+class _OpenOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("object_name", ctypes.c_char_p),
+        ("relaxed_maps", ctypes.c_bool),
+        ("relaxed_core_relocs", ctypes.c_bool),  # 0.x only; padding in 1.x
+        ("pin_root_path", ctypes.c_char_p),
+    ]
+
+
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+_lib = None
+_libc = None
+_lock = threading.Lock()
+_log = []
+_log_buf = None
+_print_cb = None
+
+
+def _load():
+    """Load libbpf once and declare the functions we use; raise LibbpfError when no libbpf is installed."""
+    global _lib, _libc, _log_buf, _print_cb
+    if _lib is not None:
+        return _lib
+    lib = None
+    for name in LIBBPF_NAMES:
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        raise LibbpfError("libbpf is not installed on this host (looked for %s); install libbpf1 or libbpf0"
+                          % ", ".join(LIBBPF_NAMES), errno_mod.ENOENT, "dlopen")
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+    _libc.vsnprintf.restype = ctypes.c_int
+
+    vp = ctypes.c_void_p
+    sigs = {
+        "bpf_object__open_file": ([ctypes.c_char_p, ctypes.POINTER(_OpenOpts)], vp),
+        "bpf_object__load": ([vp], ctypes.c_int),
+        "bpf_object__close": ([vp], None),
+        "bpf_program__name": ([vp], ctypes.c_char_p),
+        "bpf_program__section_name": ([vp], ctypes.c_char_p),
+        "bpf_program__set_autoload": ([vp, ctypes.c_bool], ctypes.c_int),
+        "bpf_program__set_attach_target": ([vp, ctypes.c_int, ctypes.c_char_p], ctypes.c_int),
+        "bpf_program__fd": ([vp], ctypes.c_int),
+        "bpf_map__name": ([vp], ctypes.c_char_p),
+        "bpf_map__fd": ([vp], ctypes.c_int),
+        "bpf_map__is_pinned": ([vp], ctypes.c_bool),
+        "bpf_map__pin_path": ([vp], ctypes.c_char_p),
+        "libbpf_get_error": ([vp], ctypes.c_long),
+        "libbpf_set_print": ([_PRINT_FN], vp),
+    }
+    if hasattr(lib, "bpf_object__next_program"):
+        sigs["bpf_object__next_program"] = ([vp, vp], vp)
+        sigs["bpf_object__next_map"] = ([vp, vp], vp)
+    else:
+        sigs["bpf_program__next"] = ([vp, vp], vp)
+        sigs["bpf_map__next"] = ([vp, vp], vp)
+    for fname, (args, res) in sigs.items():
+        fn = getattr(lib, fname, None)
+        if fn is None:
+            continue
+        fn.argtypes = args
+        fn.restype = res
+    _log_buf = ctypes.create_string_buffer(_LOG_BUF_SIZE)
+    _print_cb = _PRINT_FN(_on_print)
+    lib.libbpf_set_print(_print_cb)
+    _lib = lib
+    return lib
+
+
+def _on_print(level, fmt, va_list):
+    """libbpf print callback: format the message with vsnprintf and keep it (never raises into C)."""
+    try:
+        n = _libc.vsnprintf(_log_buf, _LOG_BUF_SIZE, fmt, va_list)
+        if n > 0:
+            _log.append((level, _log_buf.value.decode("utf-8", "replace")))
+    except Exception:  # pragma: no cover - a callback must not raise into C
+        pass
+    return 0
+
+
+def log_text(min_level=None):
+    """Everything libbpf printed since the last clear_log(); levels 0 warn, 1 info, 2 debug."""
+    return "".join(text for level, text in _log if min_level is None or level <= min_level)
+
+
+def clear_log():
+    del _log[:]
+
+
+def log_tail(lines=_TAIL_LINES):
+    """The last `lines` lines of libbpf's warnings: on a verifier rejection, the verifier log's tail."""
+    text = log_text(min_level=0)
+    parts = [ln for ln in text.splitlines() if ln.strip()]
+    return "\n".join(parts[-lines:])
+
+
+def _check_ptr(lib, ptr, op):
+    """Return ptr, or raise LibbpfError for NULL (1.x, errno) or an ERR_PTR (0.x)."""
+    if not ptr:
+        err = ctypes.get_errno() or errno_mod.EINVAL
+        raise LibbpfError("%s failed: %s" % (op, os.strerror(err)), err, op, log_tail())
+    code = lib.libbpf_get_error(ptr)
+    if code:
+        err = -code if code < 0 else code
+        raise LibbpfError("%s failed: %s" % (op, os.strerror(err)), err, op, log_tail())
+    return ptr
+
+
+def raise_memlock():
+    """Kernels before 5.11 charge bpf memory to RLIMIT_MEMLOCK; libbpf 0.x does not raise it for us."""
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (ValueError, OSError):
+        pass
+
+
+class BpfObject(object):
+    """An ELF object opened by libbpf. Use as a context manager; close() frees libbpf's fds.
+
+    obj = BpfObject(path, pin_root_path=".../_shared")
+    obj.programs() -> [{"name", "section"}]; obj.select(name) loads only that program on load();
+    obj.load(); obj.program_fd(name); obj.maps() -> [{"name", "fd", "pinned", "pin_path"}]
+    """
+
+    def __init__(self, path, pin_root_path=None):
+        self.lib = _load()
+        self.path = path
+        self._ptr = None
+        self._opts = _OpenOpts()
+        self._opts.sz = ctypes.sizeof(_OpenOpts)
+        self._pin_root = pin_root_path.encode() if pin_root_path else None
+        self._opts.pin_root_path = self._pin_root
+        with _lock:
+            clear_log()
+            ctypes.set_errno(0)
+            ptr = self.lib.bpf_object__open_file(path.encode(), ctypes.byref(self._opts))
+            self._ptr = _check_ptr(self.lib, ptr, "opening %s with libbpf" % path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self._ptr:
+            self.lib.bpf_object__close(self._ptr)
+            self._ptr = None
+
+    def _iter(self, kind):
+        lib, prev = self.lib, None
+        while True:
+            if kind == "program":
+                if hasattr(lib, "bpf_object__next_program"):
+                    cur = lib.bpf_object__next_program(self._ptr, prev)
+                else:
+                    cur = lib.bpf_program__next(prev, self._ptr)
+            else:
+                if hasattr(lib, "bpf_object__next_map"):
+                    cur = lib.bpf_object__next_map(self._ptr, prev)
+                else:
+                    cur = lib.bpf_map__next(prev, self._ptr)
+            if not cur:
+                return
+            yield cur
+            prev = cur
+
+    def _prog_ptrs(self):
+        out = {}
+        for p in self._iter("program"):
+            out[self.lib.bpf_program__name(p).decode()] = p
+        return out
+
+    def programs(self):
+        """[{"name": function name, "section": ELF section}] in object order."""
+        return [{"name": self.lib.bpf_program__name(p).decode(),
+                 "section": (self.lib.bpf_program__section_name(p) or b"").decode()}
+                for p in self._iter("program")]
+
+    def select(self, name, attach_target=None):
+        """Load only program `name` (autoload off for the others); optionally retarget fentry/fexit/lsm."""
+        ptrs = self._prog_ptrs()
+        if name not in ptrs:
+            raise LibbpfError("program %r not found in %s (it has: %s)"
+                              % (name, self.path, ", ".join(sorted(ptrs)) or "no programs"),
+                              errno_mod.ENOENT, "select")
+        for pname, ptr in ptrs.items():
+            self.lib.bpf_program__set_autoload(ptr, pname == name)
+        if attach_target:
+            rc = self.lib.bpf_program__set_attach_target(ptrs[name], 0, attach_target.encode())
+            if rc:
+                err = abs(rc)
+                raise LibbpfError("cannot target %s: %s" % (attach_target, os.strerror(err)), err,
+                                  "set_attach_target", log_tail())
+
+    def load(self):
+        """Create maps and load the selected program(s); LibbpfError carries the verifier log's tail."""
+        raise_memlock()
+        with _lock:
+            clear_log()
+            ctypes.set_errno(0)
+            rc = self.lib.bpf_object__load(self._ptr)
+            if rc:
+                err = abs(rc) if rc != -1 else (ctypes.get_errno() or errno_mod.EINVAL)
+                tail = log_tail()
+                msg = "loading %s failed: %s" % (self.path, os.strerror(err))
+                if tail:
+                    msg += "\nlibbpf/verifier log (tail):\n" + tail
+                raise LibbpfError(msg, err, "load", tail)
+
+    def program_fd(self, name):
+        fd = self.lib.bpf_program__fd(self._prog_ptrs()[name])
+        if fd < 0:
+            raise LibbpfError("program %r was not loaded" % name, errno_mod.ENOENT, "program_fd")
+        return fd
+
+    def maps(self):
+        """[{"name", "fd", "pinned" (pinned by libbpf: LIBBPF_PIN_BY_NAME), "pin_path"}]."""
+        out = []
+        for m in self._iter("map"):
+            pin = self.lib.bpf_map__pin_path(m)
+            out.append({"name": self.lib.bpf_map__name(m).decode(),
+                        "fd": self.lib.bpf_map__fd(m),
+                        "pinned": bool(self.lib.bpf_map__is_pinned(m)),
+                        "pin_path": pin.decode() if pin else None})
+        return out
+
+
+def available():
+    """True when a libbpf shared library can be loaded on this host."""
+    try:
+        _load()
+        return True
+    except LibbpfError:
+        return False

@@ -1,0 +1,92 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""perf_event_open(2) through ctypes: the perf events that tracepoint and kprobe programs attach to.
+
+One job: open a perf event fd for a tracepoint ("category/name", id from tracefs) or a kprobe/kretprobe (the
+kprobe PMU, /sys/bus/event_source/devices/kprobe). The caller turns it into a bpf link with
+link_create(prog_fd, perf_fd, BPF_PERF_EVENT) and pins that link, so the attachment outlives the process.
+Importable without ansible.
+"""
+import ctypes
+import errno as errno_mod
+import os
+import platform
+import struct
+
+_NR = {"x86_64": 298, "aarch64": 241, "armv7l": 364, "ppc64le": 319, "s390x": 331, "riscv64": 241}
+PERF_TYPE_TRACEPOINT = 2
+PERF_FLAG_FD_CLOEXEC = 1 << 3
+_ATTR_SIZE = 72  # PERF_ATTR_SIZE_VER1: has config1/config2 (kprobe function name and offset)
+TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+
+
+class PerfError(OSError):
+    pass
+
+
+def tracefs_dir():
+    """The mounted tracefs (events/ present), or None."""
+    for d in TRACEFS_DIRS:
+        if os.path.isdir(os.path.join(d, "events")):
+            return d
+    return None
+
+
+def tracepoint_id(category_name):
+    """The id of tracepoint "category/name" from tracefs; PerfError with a clear message when it is missing."""
+    if category_name.count("/") != 1 or ".." in category_name:
+        raise PerfError(errno_mod.EINVAL, "tracepoint must be 'category/name', got %r" % category_name)
+    base = tracefs_dir()
+    if base is None:
+        raise PerfError(errno_mod.ENOENT, "tracefs is not mounted (looked for %s); mount it with "
+                        "'mount -t tracefs tracefs /sys/kernel/tracing'" % " and ".join(TRACEFS_DIRS))
+    path = os.path.join(base, "events", category_name, "id")
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (IOError, OSError):
+        raise PerfError(errno_mod.ENOENT, "tracepoint %s does not exist on this kernel (no %s)"
+                        % (category_name, path))
+
+
+def _perf_event_open(attr):
+    nr = _NR.get(platform.machine())
+    if nr is None:
+        raise PerfError(errno_mod.ENOSYS, "no perf_event_open syscall number known for %s" % platform.machine())
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    fd = libc.syscall(ctypes.c_long(nr), buf, ctypes.c_int(-1), ctypes.c_int(0), ctypes.c_int(-1),
+                      ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise PerfError(err, "perf_event_open failed: %s" % os.strerror(err))
+    return fd
+
+
+def _attr(ptype, config, config1=0, config2=0):
+    # type, size, config, sample_period, sample_type, read_format, flags, wakeup_events, bp_type, config1, config2
+    return struct.pack("=IIQQQQQIIQQ", ptype, _ATTR_SIZE, config, 1, 0, 0, 0, 1, 0, config1, config2)
+
+
+def open_tracepoint(category_name):
+    """A perf event fd on tracepoint "category/name" (all CPUs through the bpf link, pid -1 cpu 0)."""
+    return _perf_event_open(_attr(PERF_TYPE_TRACEPOINT, tracepoint_id(category_name)))
+
+
+def open_kprobe(function, retprobe=False, offset=0):
+    """A perf event fd on a kprobe (or kretprobe) at `function`, through the kprobe PMU."""
+    try:
+        with open(os.path.join(KPROBE_PMU, "type")) as f:
+            ptype = int(f.read())
+    except (IOError, OSError):
+        raise PerfError(errno_mod.ENOENT, "the kprobe perf PMU is missing (%s): kernel without kprobes"
+                        % KPROBE_PMU)
+    config = 0
+    if retprobe:
+        with open(os.path.join(KPROBE_PMU, "format", "retprobe")) as f:
+            bit = int(f.read().strip().split(":")[1])  # "config:0"
+        config |= 1 << bit
+    name = ctypes.create_string_buffer(function.encode())
+    return _perf_event_open(_attr(ptype, config, ctypes.addressof(name), offset))

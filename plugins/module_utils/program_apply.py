@@ -1,0 +1,321 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The lifecycle of one managed program: decide (in sync or not), converge (load, pin, attach, swap, record),
+remove, with rollback of everything a failed run created and a layout a killed run leaves adoptable.
+
+Order of a converge, chosen so a SIGKILL at any point leaves nothing the next run cannot adopt or clean up:
+  journal   the record gets `pending` = what this run is about to do (so the next run knows the attach point
+            even if it never learns more)
+  load      libbpf loads the object (fds only: a kill here frees everything, the kernel closes the fds)
+  pin       prog and maps pinned under <name>/stage_<pid>/ (a leftover stage is ours: adopted, then removed)
+  attach    XDP/tc replace the slot atomically (netlink), tcx/cgroup links are updated in place
+            (BPF_LINK_UPDATE), other links are created and pinned into the stage
+  swap      the stage's pins renamed over <name>/prog, maps/, link (rename on bpffs is atomic), old netlink
+            attachments elsewhere removed
+  record    the record rewritten without `pending`
+  cleanup   leftover stages of killed runs unpinned
+HYPERMESH_EBPF_TEST_KILL_AT=<step> makes the process SIGKILL itself right after that step. It exists ONLY for
+the kill -9 tests (tests/integration/test_ebpf_program_kill.py); never set it elsewhere.
+Importable without ansible.
+"""
+import errno
+import os
+import signal
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_attach as pa
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state as ps
+
+KILL_ENV = "HYPERMESH_EBPF_TEST_KILL_AT"
+STEPS = ("journal", "load", "pin", "attach", "swap", "record", "cleanup")
+
+
+class ApplyError(Exception):
+    pass
+
+
+def _test_kill(step):
+    """Test-only: SIGKILL ourselves after `step` when HYPERMESH_EBPF_TEST_KILL_AT names it."""
+    if os.environ.get(KILL_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _owner_of(pin_root, prog_id, me):
+    """Which other managed program under pin_root has prog_id pinned (or None)."""
+    for other in ps.managed_names(pin_root):
+        if other != me and prog_id in ps.Live(pin_root, other).owned_prog_ids:
+            return other
+    return None
+
+
+def _prog_name(prog_id):
+    try:
+        fd = bs.get_fd_by_id("prog", prog_id)
+    except OSError:
+        return "?"
+    try:
+        return bs.prog_info(fd).get("name") or "?"
+    finally:
+        bs.close(fd)
+
+
+class Program(object):
+    """One managed program: `name` under `pin_root`."""
+
+    def __init__(self, name, pin_root, state_dir=None):
+        self.name = name
+        self.pin_root = pin_root
+        self.state_dir = state_dir
+        self.dir = os.path.join(pin_root, name)
+        self.shared_dir = os.path.join(pin_root, "_shared")
+        self.record = ps.read_record(name, state_dir)
+        self.live = ps.Live(pin_root, name)
+
+    # ---- read / decide --------------------------------------------------------------------------------------
+    def current_state(self):
+        """absent | loaded | attached | inconsistent (a killed run or an outside change left something)."""
+        rec, live = self.record, self.live
+        if not live.exists and not rec:
+            return "absent"
+        if not rec or rec.get("pending") or live.stages or not live.prog_id or rec.get("prog_id") != live.prog_id:
+            return "inconsistent"
+        if rec.get("attach") and pa.is_attached(rec["attach"], live.prog_id, live.link):
+            return "attached"
+        if not rec.get("attach") and not live.link:
+            return "loaded"
+        return "inconsistent"
+
+    def before(self):
+        rec = self.record or {}
+        out = {"state": self.current_state()}
+        if out["state"] != "absent":
+            out.update(object=rec.get("object"), sha256=rec.get("sha256"), program=rec.get("program"),
+                       attach=rec.get("attach"), kernel=self.live.summary())
+        return out
+
+    def in_sync(self, want):
+        """want: {"state", "sha256", "program", "attach" (spec or None)}."""
+        rec, live = self.record, self.live
+        if self.current_state() != want["state"]:
+            return False
+        if rec.get("sha256") != want["sha256"] or rec.get("program") != want["program"]:
+            return False
+        if rec.get("attach") != want["attach"]:
+            return False
+        if sorted(rec.get("maps", {}).items()) != sorted(live.maps.items()):
+            return False
+        return True
+
+    def check_slot(self, spec, force):
+        """XDP/tc: refuse a slot held by a program this collection did not attach for `name` (unless force)."""
+        if spec["type"] not in pa.NETLINK_KINDS:
+            return
+        holder = pa.slot_holder(spec)
+        if not holder or holder in self.live.owned_prog_ids or force:
+            return
+        other = _owner_of(self.pin_root, holder, self.name)
+        who = ("hypermesh program %r" % other) if other else "a program hypermesh did not attach"
+        raise ApplyError("%s is held by program id %d (%s), %s: set force: true to take it over"
+                         % (pa.describe(spec), holder, _prog_name(holder), who))
+
+    # ---- converge -------------------------------------------------------------------------------------------
+    def converge(self, want, obj_path, libbpf_object, force=False):
+        """Make the kernel hold `want`. libbpf_object: an opened libbpf.BpfObject with the program selected."""
+        prev_record = self.record
+        undo = []
+        created_dirs = []
+        stage = os.path.join(self.dir, ps.STAGE_PREFIX + str(os.getpid()))
+        shared_before = set(os.listdir(self.shared_dir)) if os.path.isdir(self.shared_dir) else set()
+        spec = want["attach"]
+        try:
+            journal = dict(prev_record or {})
+            journal.update(name=self.name, pending={"state": want["state"], "attach": spec})
+            ps.write_record(self.name, journal, self.state_dir)
+            _test_kill("journal")
+            for d in (self.pin_root, self.dir, stage):
+                if not os.path.isdir(d):
+                    os.mkdir(d, 0o700)
+                    created_dirs.append(d)
+
+            libbpf_object.load()
+            _test_kill("load")
+
+            prog_fd = libbpf_object.program_fd(want["program"])
+            new_id = bs.prog_info(prog_fd)["id"]
+            bs.obj_pin(prog_fd, os.path.join(stage, "prog"))
+            maps, shared = {}, []
+            for m in libbpf_object.maps():
+                if m["fd"] < 0:
+                    continue
+                if m["pinned"]:
+                    shared.append(m["pin_path"])
+                    continue
+                if not os.path.isdir(os.path.join(stage, "maps")):
+                    os.mkdir(os.path.join(stage, "maps"), 0o700)
+                pin_name = m["name"].replace(".", "_")  # bpffs refuses dots (internal maps: x.bss)
+                bs.obj_pin(m["fd"], os.path.join(stage, "maps", pin_name))
+                maps[pin_name] = bs.map_info(m["fd"])["id"]
+            _test_kill("pin")
+
+            link_new = False
+            if want["state"] == "attached":
+                link_new = self._attach(spec, prog_fd, new_id, stage, force, undo)
+            _test_kill("attach")
+
+            self._swap(want, spec, stage, link_new, new_id)
+            _test_kill("swap")
+        except BaseException:
+            for fn in reversed(undo):
+                try:
+                    fn()
+                except Exception:
+                    pass
+            self._rollback_files(stage, created_dirs, shared_before, prev_record)
+            raise
+
+        record = {"name": self.name, "object": obj_path, "sha256": want["sha256"], "program": want["program"],
+                  "prog_id": new_id, "maps": maps, "shared_maps": sorted(shared), "attach": spec,
+                  "pin_root": self.pin_root}
+        ps.write_record(self.name, record, self.state_dir)
+        _test_kill("record")
+        for old in self.live.stages:
+            ps.remove_tree(old)
+        if os.path.isdir(stage):
+            ps.remove_tree(stage)
+        _test_kill("cleanup")
+        self.record = record
+        self.live = ps.Live(self.pin_root, self.name)
+        return record
+
+    def _attach(self, spec, prog_fd, new_id, stage, force, undo):
+        """Attach prog_fd at spec; push undo steps. Returns True when a new link was pinned into the stage."""
+        if spec["type"] in pa.NETLINK_KINDS:
+            holder = pa.slot_holder(spec)
+            if holder and holder not in self.live.owned_prog_ids and not force:
+                self.check_slot(spec, force)
+            pa.attach_netlink(spec, prog_fd, holder, self.name)
+            if holder:
+                undo.append(lambda: self._restore_slot(spec, holder, new_id))
+            else:
+                undo.append(lambda: pa.detach_netlink(spec, set([new_id])))
+            return False
+        old_spec = (self.record or {}).get("attach")
+        if self.live.link and self.live.prog_id and pa.can_update_link(old_spec, spec, self.live.link):
+            link_fd = bs.obj_get(os.path.join(self.dir, "link"))
+            old_fd = bs.get_fd_by_id("prog", self.live.link["prog_id"])
+            try:
+                bs.link_update(link_fd, prog_fd, old_fd)
+            except BaseException:
+                bs.close(link_fd)
+                bs.close(old_fd)
+                raise
+
+            def back():
+                try:
+                    bs.link_update(link_fd, old_fd, prog_fd)
+                finally:
+                    bs.close(link_fd)
+                    bs.close(old_fd)
+            undo.append(back)
+            return False
+        link_fd = pa.create_link(spec, prog_fd)
+        try:
+            bs.obj_pin(link_fd, os.path.join(stage, "link"))
+        finally:
+            bs.close(link_fd)
+        return True
+
+    def _restore_slot(self, spec, holder, new_id):
+        fd = bs.get_fd_by_id("prog", holder)
+        try:
+            pa.attach_netlink(spec, fd, new_id, self.name)
+        finally:
+            bs.close(fd)
+
+    def _swap(self, want, spec, stage, link_new, new_id):
+        """Rename the stage's pins into place and drop what the new state no longer has."""
+        os.rename(os.path.join(stage, "prog"), os.path.join(self.dir, "prog"))
+        mdir = os.path.join(self.dir, "maps")
+        ps.remove_tree(mdir)
+        if os.path.isdir(os.path.join(stage, "maps")):
+            os.rename(os.path.join(stage, "maps"), mdir)
+        link = os.path.join(self.dir, "link")
+        if link_new:
+            os.rename(os.path.join(stage, "link"), link)
+        elif want["state"] != "attached" or spec["type"] in pa.NETLINK_KINDS:
+            _unlink(link)
+        owned = set(self.live.owned_prog_ids) | set([new_id])
+        rec = self.record or {}
+        olds = [rec.get("attach"), (rec.get("pending") or {}).get("attach")]
+        for old in olds:
+            if old and old["type"] in pa.NETLINK_KINDS and (want["state"] != "attached" or old != spec):
+                pa.detach_netlink(old, owned)
+
+    def _rollback_files(self, stage, created_dirs, shared_before, prev_record):
+        try:
+            ps.remove_tree(stage)
+        except OSError:
+            pass
+        if os.path.isdir(self.shared_dir):
+            for entry in set(os.listdir(self.shared_dir)) - shared_before:
+                _unlink(os.path.join(self.shared_dir, entry))
+            if not shared_before and not os.listdir(self.shared_dir):
+                os.rmdir(self.shared_dir)
+        for d in reversed(created_dirs):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+        ps.write_record(self.name, prev_record, self.state_dir)
+
+    # ---- remove ---------------------------------------------------------------------------------------------
+    def remove(self, extra_spec=None):
+        """Detach, unpin everything under <name>/, forget the record; shared maps no other record uses go too."""
+        rec = self.record or {}
+        owned = set(self.live.owned_prog_ids)
+        specs = [rec.get("attach"), (rec.get("pending") or {}).get("attach"), extra_spec]
+        if owned:
+            for spec in specs:
+                if spec and spec["type"] in pa.NETLINK_KINDS:
+                    pa.detach_netlink(spec, owned)
+        _test_kill("attach")
+        link = os.path.join(self.dir, "link")
+        if os.path.exists(link):
+            try:
+                fd = bs.obj_get(link)
+                try:
+                    bs.link_detach(fd)
+                except OSError:
+                    pass
+                finally:
+                    bs.close(fd)
+            except OSError:
+                pass
+        ps.remove_tree(self.dir)
+        _test_kill("swap")
+        for path in rec.get("shared_maps") or []:
+            if not self._shared_used_elsewhere(path):
+                _unlink(path)
+        if os.path.isdir(self.shared_dir) and not os.listdir(self.shared_dir):
+            os.rmdir(self.shared_dir)
+        ps.write_record(self.name, None, self.state_dir)
+        self.record = None
+        self.live = ps.Live(self.pin_root, self.name)
+
+    def _shared_used_elsewhere(self, path):
+        state_dir = os.path.dirname(ps.record_path(self.name, self.state_dir))
+        for entry in os.listdir(state_dir) if os.path.isdir(state_dir) else []:
+            if not entry.endswith(".json") or entry == self.name + ".json":
+                continue
+            other = ps.read_record(entry[:-5], self.state_dir) or {}
+            if path in (other.get("shared_maps") or []):
+                return True
+        return False
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError as e:
+        if e.errno != errno.ENOENT:
+            raise
