@@ -316,7 +316,7 @@ def xdp_query(ifname, netns=None):
         return _xdp_state(ipr, index, ifname, netns)
 
 
-def _set_xdp(ipr, index, fd, flags, expected_fd, what):
+def _xdp_msg(index, fd, flags, expected_fd):
     msg = _LinkMsg()
     msg["family"] = socket.AF_UNSPEC
     msg["index"] = index
@@ -326,7 +326,11 @@ def _set_xdp(ipr, index, fd, flags, expected_fd, what):
     if expected_fd is not None:
         attrs.append(("IFLA_XDP_EXPECTED_FD", expected_fd))
     msg["attrs"] = [("IFLA_XDP", {"attrs": attrs})]
-    _request(ipr, msg, RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, what)
+    return msg
+
+
+def _set_xdp(ipr, index, fd, flags, expected_fd, what):
+    _request(ipr, _xdp_msg(index, fd, flags, expected_fd), RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, what)
 
 
 def _set_xdp_expecting(ipr, index, fd, flags, expected_id, ifname, netns, what):
