@@ -212,7 +212,7 @@ class PinnedMap(object):
         deleted) and MapError is raised. Array maps cannot delete: their "deleted" entries are zeroed."""
         if self.read_only:
             raise MapError("map %s is read-only from user space (%s)" % (
-                self.path, "frozen" if self.frozen else "created with BPF_F_RDONLY"))
+                self.path, "frozen" if self.frozen else "BPF_F_RDONLY in its map_flags"))
         undo = []  # (key, previous buffer or None)
         try:
             for key in deletes:

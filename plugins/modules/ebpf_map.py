@@ -80,8 +80,8 @@ options:
 extends_documentation_fragment:
   - hypermesh.ebpf.attributes
 notes:
-  - A map frozen with C(BPF_MAP_FREEZE) or created with C(BPF_F_RDONLY) is read-only from user space; changing
-    it is refused before anything is written.
+  - A map frozen with C(BPF_MAP_FREEZE) is read-only from user space; changing it is refused before anything
+    is written (also in check mode).
 """
 
 EXAMPLES = r"""
@@ -194,7 +194,7 @@ def run(module):
             changed = bool(plan["deletes"] or plan["updates"])
             if changed and pm.read_only:
                 raise pinned_map.MapError("map %s is read-only from user space (%s); nothing was written" % (
-                    path, "frozen with BPF_MAP_FREEZE" if pm.frozen else "created with BPF_F_RDONLY"))
+                    path, "frozen with BPF_MAP_FREEZE" if pm.frozen else "BPF_F_RDONLY in its map_flags"))
             if changed and not module.check_mode:
                 pm.apply(plan["deletes"], plan["updates"])
             result = {

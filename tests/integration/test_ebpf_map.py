@@ -1,0 +1,233 @@
+"""ebpf_map and ebpf_map_info on this machine's kernel, through real `ansible` runs.
+
+Setup without ebpf_program: `bpftool prog loadall` pins the example objects under a private pin root laid out
+like a managed program (`<root>/<name>/maps/<map>`), the XDP program is attached in generic mode inside a
+network namespace this test creates, and traffic is a ping across a veth pair between two such namespaces.
+"""
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import needs_root
+from test_ebpf_map_common import (OBJECTS, bpftool_dump, bpftool_json, module, ping, veth_netns,
+                                           load_object)
+
+pytestmark = needs_root
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pin_root():
+    root = "/sys/fs/bpf/hm-test-map-%d" % os.getpid()
+    os.makedirs(root)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    with veth_netns("hmmap") as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def blocklist(pin_root, pair):
+    """xdp_blocklist loaded, maps pinned at <pin_root>/blocklist/maps/, attached (generic) on the b side."""
+    progs = load_object(os.path.join(OBJECTS, "xdp_blocklist.bpf.o"), pin_root, "blocklist")
+    fd = bs.obj_get(progs["xdp_blocklist"])
+    try:
+        netlink.xdp_attach(pair["b_if"], fd, mode="generic", netns=pair["b"])
+    finally:
+        bs.close(fd)
+    yield {"maps": os.path.join(pin_root, "blocklist", "maps"), "name": "blocklist", "pin_root": pin_root}
+    netlink.xdp_detach(pair["b_if"], netns=pair["b"])
+
+
+def dropped_sum(blocklist_maps):
+    r = module("ebpf_map_info", {"path": os.path.join(blocklist_maps, "verdicts"), "keys": [1]})
+    assert not r.get("failed"), r
+    assert r["map"]["percpu"] and r["count"] == 1
+    return r["entries"][0]["value"]
+
+
+def test_blocklist_drops_and_four_run_check(blocklist, pair):
+    maps = blocklist["maps"]
+    src = pair["a_ip"]
+    assert ping(pair["a"], pair["b_ip"]), "no traffic before anything is blocked"
+    args = {"name": "blocklist", "map": "blocklist", "pin_root": blocklist["pin_root"], "key_format": "ipv4",
+            "entries": [{"key": src, "value": 0}]}
+    runs = [module("ebpf_map", args, check=True, diff=True), module("ebpf_map", args, diff=True),
+            module("ebpf_map", args), module("ebpf_map", args, check=True)]
+    assert [r.get("changed") for r in runs] == [True, True, False, False], runs
+    assert runs[0]["added"] == [src] and runs[1]["added"] == [src] and runs[2]["added"] == []
+    if "diff" in runs[1]:
+        assert runs[1]["diff"] == {"before": {"entries": {src: None}}, "after": {"entries": {src: 0}}}
+    # the fifth look: what the kernel holds
+    dump = bpftool_json("map", "dump", "pinned", os.path.join(maps, "blocklist"))
+    assert [e["key"] for e in dump] == [["0x%02x" % int(x) for x in src.split(".")]]
+
+    before = dropped_sum(maps)
+    assert not ping(pair["a"], pair["b_ip"]), "ping still answered with its source in the blocklist"
+    after = dropped_sum(maps)
+    assert after >= before + 2, (before, after)
+    r = module("ebpf_map_info", {"path": os.path.join(maps, "blocklist"), "key_format": "ipv4"})
+    assert r["entries"][0]["key"] == src and r["entries"][0]["value"] >= 2, r
+    assert r["read_method"] in ("batch", "next_key")
+
+    absent = dict(args, state="absent", entries=[{"key": src}])
+    runs = [module("ebpf_map", absent, check=True), module("ebpf_map", absent), module("ebpf_map", absent),
+            module("ebpf_map", absent, check=True)]
+    assert [r.get("changed") for r in runs] == [True, True, False, False], runs
+    assert runs[1]["removed"] == [src]
+    assert bpftool_json("map", "dump", "pinned", os.path.join(maps, "blocklist")) == []
+    assert ping(pair["a"], pair["b_ip"]), "traffic not restored after removing the source"
+
+
+def test_percpu_sums_equal_bpftool(blocklist, pair):
+    ping(pair["a"], pair["b_ip"], count=3)
+    path = os.path.join(blocklist["maps"], "verdicts")
+    ours = module("ebpf_map_info", {"path": path})
+    theirs = [e["formatted"] for e in bpftool_json("map", "dump", "pinned", path)]  # bpftool's BTF view
+    assert ours["count"] == len(theirs) == 2
+    for mine, bt in zip(sorted(ours["entries"], key=lambda e: e["key"]), sorted(theirs, key=lambda e: e["key"])):
+        assert mine["key"] == bt["key"]
+        cpus = [v["value"] for v in sorted(bt["values"], key=lambda v: v["cpu"])]
+        assert mine["values"] == cpus
+        assert mine["value"] == sum(cpus)
+    assert sum(e["value"] for e in ours["entries"]) > 0, "no packet counted at all"
+
+
+def test_percpu_struct_write_and_sum(pin_root, pair):
+    """xdp_counter's struct counters: a value written through BTF lands on every CPU; sums equal bpftool's."""
+    load_object(os.path.join(OBJECTS, "xdp_counter.bpf.o"), pin_root, "counter")
+    path = os.path.join(pin_root, "counter", "maps", "xdp_stats")
+    r = module("ebpf_map", {"path": path, "entries": [{"key": 0, "value": {"packets": 5, "bytes": 700}}]})
+    assert r.get("changed") is True, r
+    theirs = [e["formatted"] for e in bpftool_json("map", "dump", "pinned", path)]
+    assert [v["value"] for v in theirs[0]["values"]] == [{"packets": 5, "bytes": 700}] * bs.possible_cpus()
+    ours = module("ebpf_map_info", {"path": path})
+    assert ours["entries"][0]["value"] == {"packets": 5 * bs.possible_cpus(), "bytes": 700 * bs.possible_cpus()}
+    assert ours["entries"][0]["values"] == [v["value"] for v in theirs[0]["values"]]
+    bad = module("ebpf_map", {"path": path, "entries": [{"key": 0, "value": {"packets": 1, "octets": 2}}]})
+    assert bad.get("failed") and "octets" in bad["msg"] and "packets, bytes" in bad["msg"], bad
+
+
+def test_exact_removes_the_rest(pin_root):
+    fd = bs.map_create(bs.BPF_MAP_TYPE_HASH, 4, 8, 64, name="hm_exact")
+    path = os.path.join(pin_root, "exact")
+    bs.obj_pin(fd, path)
+    bs.close(fd)
+    add = {"path": path, "key_format": "int", "value_format": "int",
+           "entries": [{"key": k, "value": k * 10} for k in range(1, 6)]}
+    assert module("ebpf_map", add)["changed"]
+    exact = {"path": path, "key_format": "int", "value_format": "int", "exact": True,
+             "entries": [{"key": 2, "value": 20}, {"key": 9, "value": 90}]}
+    r = module("ebpf_map", exact)
+    assert r["changed"] and r["added"] == ["9"] and sorted(r["removed"]) == ["1", "3", "4", "5"], r
+    assert not module("ebpf_map", exact)["changed"]
+    got = module("ebpf_map_info", {"path": path, "key_format": "int", "value_format": "int"})["entries"]
+    assert sorted((e["key"], e["value"]) for e in got) == [(2, 20), (9, 90)]
+
+
+# ------------------------------------------------------------------ bad inputs write nothing
+
+@pytest.fixture
+def small_map(pin_root):
+    """A 4-entry hash map holding 3 entries."""
+    fd = bs.map_create(bs.BPF_MAP_TYPE_HASH, 4, 8, 4, name="hm_small")
+    for k in (1, 2, 3):
+        bs.map_update(fd, k.to_bytes(4, "little"), (k * 100).to_bytes(8, "little"))
+    path = os.path.join(pin_root, "small-%d" % time.monotonic_ns())
+    bs.obj_pin(fd, path)
+    yield path, fd
+    bs.close(fd)
+    os.unlink(path)
+
+
+BAD = [
+    ("wrong key size", {"key_format": "hex", "entries": [{"key": "0a0000", "value": 1}]}, "3 byte(s) given"),
+    ("value too big", {"key_format": "int", "value_format": "int", "entries": [{"key": 1, "value": 1 << 64}]}, "does not fit"),
+    ("bad address", {"key_format": "ipv4", "entries": [{"key": "10.0.0.256", "value": 1}]},
+     "not an IPv4 address"),
+    ("ipv6 on 4 bytes", {"key_format": "ipv6", "entries": [{"key": "::1", "value": 1}]}, "needs 16 bytes"),
+    ("second entry bad", {"key_format": "int", "value_format": "int",
+                          "entries": [{"key": 1, "value": 5}, {"key": "x", "value": 1}]}, "not an integer"),
+    ("map full", {"key_format": "int", "value_format": "int",
+                  "entries": [{"key": 1, "value": 7}, {"key": 40, "value": 1}, {"key": 41, "value": 1}]},
+     "map is full"),
+    ("no value", {"key_format": "int", "entries": [{"key": 1}]}, "has no value"),
+]
+
+
+@pytest.mark.parametrize("label,args,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_writes_nothing(small_map, label, args, message):
+    path, _fd = small_map
+    before = bpftool_dump(path)
+    r = module("ebpf_map", dict(args, path=path))
+    assert r.get("failed"), r
+    assert message in r["msg"], r["msg"]
+    assert bpftool_dump(path) == before
+
+
+def test_map_full_rolls_back_in_the_kernel(small_map):
+    """The map-full case above fails in the kernel mid-way (BPF_MAP_UPDATE_BATCH wrote key 1 and 40 before
+    E2BIG on 41): the message says the entries were restored and key 1 holds its old value again."""
+    path, fd = small_map
+    r = module("ebpf_map", {"path": path, "key_format": "int", "value_format": "int",
+                            "entries": [{"key": 1, "value": 7}, {"key": 40, "value": 1}, {"key": 41, "value": 1}]})
+    assert r.get("failed") and "restored" in r["msg"], r
+    assert bs.map_lookup(fd, (1).to_bytes(4, "little"), 8) == (100).to_bytes(8, "little")
+    assert bs.map_lookup(fd, (40).to_bytes(4, "little"), 8) is None
+
+
+def test_unknown_map(pin_root):
+    r = module("ebpf_map", {"path": os.path.join(pin_root, "nope"), "entries": [{"key": "00", "value": "00"}]})
+    assert r.get("failed") and "no pinned map at" in r["msg"], r
+    r = module("ebpf_map", {"name": "nope", "map": "blocklist", "pin_root": pin_root,
+                            "entries": [{"key": "00", "value": "00"}]})
+    assert r.get("failed") and os.path.join(pin_root, "nope", "maps", "blocklist") in r["msg"], r
+    r = module("ebpf_map_info", {"path": os.path.join(pin_root, "nope")})
+    assert r.get("failed") and "no pinned map at" in r["msg"], r
+
+
+def test_read_only_map(pin_root):
+    """BPF_MAP_FREEZE makes a map read-only for the syscall side (BPF_F_RDONLY at create time only limits the
+    creating fd: the kernel does not keep it in map_flags, and the pin opens read-write)."""
+    fd = bs.map_create(bs.BPF_MAP_TYPE_HASH, 4, 8, 8, name="hm_ro")
+    bs.map_update(fd, (1).to_bytes(4, "little"), (5).to_bytes(8, "little"))
+    bs.map_freeze(fd)
+    path = os.path.join(pin_root, "ro-frozen")
+    bs.obj_pin(fd, path)
+    bs.close(fd)
+    before = bpftool_dump(path)
+    for check in (True, False):
+        r = module("ebpf_map", {"path": path, "key_format": "int", "value_format": "int",
+                                "entries": [{"key": 2, "value": 1}]}, check=check)
+        assert r.get("failed") and "read-only" in r["msg"], r
+    assert bpftool_dump(path) == before
+    r = module("ebpf_map_info", {"path": path, "key_format": "int", "value_format": "int"})
+    assert r["map"]["frozen"] is True and r["entries"] == [{"key": 1, "value": 5}], r
+    os.unlink(path)
+
+
+def test_array_index_out_of_range(pin_root):
+    fd = bs.map_create(bs.BPF_MAP_TYPE_ARRAY, 4, 4, 4, name="hm_arr")
+    path = os.path.join(pin_root, "arr")
+    bs.obj_pin(fd, path)
+    bs.close(fd)
+    r = module("ebpf_map", {"path": path, "key_format": "int", "value_format": "int",
+                            "entries": [{"key": 1, "value": 3}, {"key": 4, "value": 1}]})
+    assert r.get("failed") and "out of range" in r["msg"], r
+    assert all(int("".join(x[2:] for x in e["value"]), 16) == 0 for e in bpftool_json("map", "dump", "pinned", path))
+    # absent in an array zeroes the entry; zero counts as absent (idempotent)
+    assert module("ebpf_map", {"path": path, "key_format": "int", "value_format": "int",
+                               "entries": [{"key": 1, "value": 3}]})["changed"]
+    gone = {"path": path, "key_format": "int", "state": "absent", "entries": [{"key": 1}]}
+    assert module("ebpf_map", gone)["changed"]
+    assert not module("ebpf_map", gone)["changed"]
