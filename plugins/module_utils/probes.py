@@ -80,8 +80,9 @@ class _No(Exception):
 class _Host(object):
     """What several probes need, read once: config, mounts, capabilities, LSMs, vmlinux BTF."""
 
-    def __init__(self, root="/"):
+    def __init__(self, root="/", allow_private_mount=True):
         self.root = root
+        self.allow_private_mount = allow_private_mount
         self._cache = {}
 
     def _get(self, key, fn):
@@ -115,11 +116,13 @@ class _Host(object):
 
     @property
     def lockdown(self):
-        return self._get("lockdown", lambda: kernel_info.lockdown(self.root, self.caps))
+        return self._get("lockdown", lambda: kernel_info.lockdown(self.root, self.caps,
+                                                                          self.allow_private_mount))
 
     @property
     def lsms(self):
-        return self._get("lsms", lambda: kernel_info.active_lsms(self.root, self.caps))
+        return self._get("lsms", lambda: kernel_info.active_lsms(self.root, self.caps,
+                                                                          self.allow_private_mount))
 
     @property
     def btf(self):
@@ -150,7 +153,9 @@ class _Host(object):
         for base in bases:
             if os.path.isdir(os.path.join(self.root, base.lstrip("/"))):
                 return os.path.exists(os.path.join(self.root, base.lstrip("/"), rel))
-        if self.root != "/" or not self.caps.get("cap_sys_admin"):
+        if self.root != "/" or not self.allow_private_mount:
+            raise _NotProbed("tracefs is not mounted (and mounting it to look was not allowed)")
+        if not self.caps.get("cap_sys_admin"):
             raise _NotProbed("tracefs is not mounted and mounting it to look needs CAP_SYS_ADMIN")
         key = "tracefs:" + rel
         if key not in self._cache:
@@ -466,6 +471,8 @@ def run_probe(feature, host):
         return _result(feature, False, str(exc))
     except _NotProbed as exc:
         return _result(feature, False, "could not probe: %s" % exc, probed=False)
+    except (OSError, ValueError) as exc:  # an unexpected answer: report it, never guess
+        return _result(feature, False, "could not probe: %s" % exc, probed=False)
 
 
 def probe(feature, refresh=False):
@@ -478,8 +485,15 @@ def probe(feature, refresh=False):
     return dict(_RESULTS[feature])
 
 
-def probe_all(features=None, refresh=False):
-    """{feature: probe(feature)} for `features` (default: every feature of the requirements table)."""
+def probe_all(features=None, refresh=False, allow_private_mount=True):
+    """{feature: probe(feature)} for `features` (default: every feature of the requirements table).
+
+    With allow_private_mount=False, tracefs and securityfs are never mounted (not even privately) and the
+    results are not cached.
+    """
+    if not allow_private_mount:
+        host = _Host(allow_private_mount=False)
+        return dict((name, run_probe(name, host)) for name in (features or FEATURES))
     if refresh:
         _RESULTS.clear()
         del _HOST[:]
