@@ -360,6 +360,18 @@ def _set_xdp_expecting(ipr, index, fd, flags, expected_id, ifname, netns, what):
     _set_xdp(ipr, index, fd, flags, None, what)
 
 
+def _explain_xdp_refusal(ipr, index, ifname, netns, exc):
+    """Say what is in the way when the kernel refuses with EEXIST/EBUSY (pyroute2 0.5.14 does not pass the
+    kernel's own explanation on)."""
+    if exc.errno not in (errno.EEXIST, errno.EBUSY) or "no longer the one attached" in str(exc):
+        return exc
+    now = _xdp_state(ipr, index, ifname, netns)
+    held = ", ".join("program id %d in %s mode" % (p, m) for m, p in sorted(now["modes"].items()))
+    return NetlinkError("%s; attached now: %s%s" % (exc, held or "nothing",
+                                                   " (held by a bpf link)" if exc.errno == errno.EBUSY else ""),
+                        exc.errno)
+
+
 def xdp_attach(ifname, prog_fd, mode="auto", netns=None, replace_prog_id=None):
     """Attach XDP program `prog_fd` to `ifname`.
 
@@ -372,12 +384,25 @@ def xdp_attach(ifname, prog_fd, mode="auto", netns=None, replace_prog_id=None):
     what = "attaching XDP program (%s mode) to %s in %s" % (mode, ifname, _where(netns))
     with _rtnl(netns) as ipr:
         index = _lookup(ipr, ifname, netns)
-        if replace_prog_id is None:
-            _set_xdp(ipr, index, prog_fd, flags, None, what)
-        elif replace_prog_id == 0:
-            _set_xdp(ipr, index, prog_fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST, None, what)
-        else:
-            _set_xdp_expecting(ipr, index, prog_fd, flags, replace_prog_id, ifname, netns, what)
+        try:
+            if replace_prog_id is None:
+                _set_xdp(ipr, index, prog_fd, flags, None, what)
+            elif replace_prog_id == 0:
+                _set_xdp(ipr, index, prog_fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST, None, what)
+            else:
+                _set_xdp_expecting(ipr, index, prog_fd, flags, replace_prog_id, ifname, netns, what)
+        except NetlinkError as exc:
+            raise _explain_xdp_refusal(ipr, index, ifname, netns, exc)
+
+
+def xdp_link_attach(ifname, prog_fd, mode="auto", netns=None):
+    """Attach XDP program `prog_fd` to `ifname` through a bpf link (kernel 5.9+); returns the link fd.
+    The program stays attached while the fd is open or the link is pinned, and netlink cannot replace it."""
+    if mode not in XDP_MODE_FLAGS:
+        raise NetlinkError("invalid XDP mode %r: must be one of auto, native, generic, offload" % (mode,))
+    with in_netns(netns):
+        index = _ifindex_here(ifname, netns)
+        return bpf_syscall.link_create(prog_fd, index, bpf_syscall.BPF_XDP, flags=XDP_MODE_FLAGS[mode])
 
 
 def xdp_detach(ifname, netns=None, expected_prog_id=None, mode=None):
@@ -400,10 +425,13 @@ def xdp_detach(ifname, netns=None, expected_prog_id=None, mode=None):
                                "expected %d" % (ifname, _where(netns), current, mode, expected_prog_id),
                                errno.EEXIST)
         what = "detaching XDP program id %d (%s mode) from %s in %s" % (current, mode, ifname, _where(netns))
-        if expected_prog_id:
-            _set_xdp_expecting(ipr, index, -1, XDP_MODE_FLAGS[mode], expected_prog_id, ifname, netns, what)
-        else:
-            _set_xdp(ipr, index, -1, XDP_MODE_FLAGS[mode], None, what)
+        try:
+            if expected_prog_id:
+                _set_xdp_expecting(ipr, index, -1, XDP_MODE_FLAGS[mode], expected_prog_id, ifname, netns, what)
+            else:
+                _set_xdp(ipr, index, -1, XDP_MODE_FLAGS[mode], None, what)
+        except NetlinkError as exc:
+            raise _explain_xdp_refusal(ipr, index, ifname, netns, exc)
         return True
 
 

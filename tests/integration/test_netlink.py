@@ -3,6 +3,7 @@ network namespaces, and cross-checked with what bpftool and tc read from the sam
 
 Programs are two instructions long (r0 = verdict; exit), loaded with bpf_syscall: no libbpf, no object files.
 """
+import errno
 import json
 import os
 import subprocess
@@ -140,9 +141,9 @@ def test_xdp_offload_and_mixed_modes_are_refused_and_change_nothing(veth_pair, p
     assert nl.xdp_query(dev, ns)["prog_id"] == 0
     nl.xdp_attach(dev, pass_fd, mode="generic", netns=ns)
     drop_fd, _ = progs.xdp(XDP_DROP)
-    with pytest.raises(nl.NetlinkError) as err:
+    with pytest.raises(nl.NetlinkError, match="attached now: program id %d in generic mode" % pass_id) as err:
         nl.xdp_attach(dev, drop_fd, mode="native", netns=ns)
-    assert err.value.errno is not None
+    assert err.value.errno == errno.EEXIST
     assert nl.xdp_query(dev, ns)["modes"] == {"generic": pass_id}
     assert ping(veth_pair.ns_a, veth_pair.addr_b)
 
@@ -176,6 +177,26 @@ def test_xdp_replace_of_unloaded_program_is_clear(veth_pair, progs):
     with pytest.raises(nl.NetlinkError, match="XDP program id 4000000000 to be replaced is not loaded"):
         nl.xdp_attach(veth_pair.if_b, pass_fd, netns=veth_pair.ns_b, replace_prog_id=4000000000)
     assert nl.xdp_query(veth_pair.if_b, veth_pair.ns_b)["prog_id"] == 0
+
+
+def test_xdp_through_a_bpf_link(veth_pair, progs):
+    ns, dev = veth_pair.ns_b, veth_pair.if_b
+    drop_fd, drop_id = progs.xdp(XDP_DROP)
+    pass_fd, _ = progs.xdp(XDP_PASS)
+    link = nl.xdp_link_attach(dev, drop_fd, mode="generic", netns=ns)
+    try:
+        assert nl.xdp_query(dev, ns) == {"prog_id": drop_id, "mode": "generic", "modes": {"generic": drop_id}}
+        assert b.link_info(link)["type_name"] == "xdp"
+        assert not ping(veth_pair.ns_a, veth_pair.addr_b, count=2)
+        with pytest.raises(nl.NetlinkError, match="held by a bpf link"):
+            nl.xdp_attach(dev, pass_fd, mode="generic", netns=ns)
+        with pytest.raises(nl.NetlinkError, match="held by a bpf link"):
+            nl.xdp_detach(dev, ns)
+        assert nl.xdp_query(dev, ns)["prog_id"] == drop_id
+    finally:
+        os.close(link)
+    assert nl.xdp_query(dev, ns)["prog_id"] == 0
+    assert ping(veth_pair.ns_a, veth_pair.addr_b)
 
 
 # ---- tc -------------------------------------------------------------------------------------------------------
