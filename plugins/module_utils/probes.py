@@ -152,7 +152,13 @@ class _Host(object):
         bases += [os.path.join(m, "tracing") for m in self.mounts.get("debugfs", [])]
         for base in bases:
             if os.path.isdir(os.path.join(self.root, base.lstrip("/"))):
-                return os.path.exists(os.path.join(self.root, base.lstrip("/"), rel))
+                try:
+                    os.stat(os.path.join(self.root, base.lstrip("/"), rel))
+                    return True
+                except OSError as exc:
+                    if exc.errno in (errno.EACCES, errno.EPERM):
+                        raise _NotProbed("cannot look into tracefs at %s (%s)" % (base, exc.strerror))
+                    return False
         if self.root != "/" or not self.allow_private_mount:
             raise _NotProbed("tracefs is not mounted (and mounting it to look was not allowed)")
         if not self.caps.get("cap_sys_admin"):
@@ -181,10 +187,12 @@ ENOTSUPP = 524  # the kernel-internal "operation not supported" bpf() returns
 
 
 def _missing_caps(host, extra):
-    """Capabilities this process lacks for a bpf() call that needs CAP_BPF plus `extra` (CAP_SYS_ADMIN covers all)."""
+    """Capabilities this process lacks for a bpf() call needing CAP_BPF plus `extra` (CAP_SYS_ADMIN covers all)."""
     caps = host.caps
     if caps.get("cap_sys_admin"):
         return []
+    if "cap_sys_admin" in extra:
+        return ["CAP_SYS_ADMIN"]
     missing = [] if caps.get("cap_bpf") else ["CAP_BPF"]
     return missing + [name.upper() for name in extra if not caps.get(name)]
 
@@ -193,10 +201,13 @@ def _explain(exc, what, host, extra=()):
     """A reason for a failed bpf() call; raises _NotProbed when this process lacks a capability the call needs."""
     if exc.errno == errno.EPERM or (exc.errno == errno.EACCES and not exc.log):
         missing = _missing_caps(host, extra)
+        code = errno.errorcode.get(exc.errno, exc.errno)
+        if missing == ["CAP_SYS_ADMIN"]:
+            raise _NotProbed("needs CAP_SYS_ADMIN (%s)" % code)
         if missing:
-            raise _NotProbed("needs %s or CAP_SYS_ADMIN (%s)" % (" and ".join(missing),
-                                                                 errno.errorcode.get(exc.errno, exc.errno)))
-        held = ", ".join(["CAP_BPF"] + [name.upper() for name in extra] + ["CAP_SYS_ADMIN"])
+            raise _NotProbed("needs %s, or CAP_SYS_ADMIN (%s)" % (" and ".join(missing), code))
+        held = ", ".join(["CAP_BPF"] + [name.upper() for name in extra if name != "cap_sys_admin"] +
+                         ["CAP_SYS_ADMIN"])
         lockdown = host.lockdown
         return "%s: EPERM although this process has %s, so a kernel policy forbids it%s" % (
             what, held, " (kernel lockdown mode: %s)" % lockdown if lockdown not in (None, "none") else "")

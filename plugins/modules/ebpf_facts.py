@@ -22,11 +22,11 @@ description:
     is B(probed) - a minimal program of that type is loaded, a map created or a command issued, and the attach
     point checked - rather than guessed from the kernel version. Probes close every file descriptor they open
     and leave nothing loaded or attached.
-  - Works without libbpf (it uses the bpf(2) system call directly) and without root. Without the privileges a
-    probe needs, the feature is reported with RV(ansible_facts.ebpf.features.xdp.probed=false) and a reason
-    such as C(could not probe: needs CAP_BPF or CAP_SYS_ADMIN (EPERM)), and a warning lists what was not
-    probed.
-  - Where securityfs or tracefs is not mounted, the module reads the LSM list through C(lsm_list_modules(2))
+  - >-
+    Works without libbpf (it uses the bpf(2) system call directly) and without root. Without the privileges a
+    probe needs, the feature is reported with C(probed=false) and a reason such as
+    C(could not probe: needs CAP_BPF or CAP_SYS_ADMIN), and a warning lists what was not probed.
+  - Where securityfs or tracefs is not mounted, the module reads the LSM list through the lsm_list_modules(2) system call
     (kernel 6.8+) or mounts the file system in a private mount namespace of a short-lived C(unshare) child
     (needs CAP_SYS_ADMIN, see O(private_mounts)). The host's mount table is never changed.
 version_added: "0.1.0"
@@ -114,7 +114,7 @@ ansible_facts:
               sample: [6, 1, 0]
             config_source:
               description: Where the config was read from (C(/proc/config.gz), C(/boot/config-RELEASE)), or
-                C(not readable (...)) with the reasons.
+                C(not readable) followed by the reasons.
               type: str
               returned: success
               sample: /proc/config.gz

@@ -156,6 +156,20 @@ def test_tracepoint_without_mounted_tracefs_is_not_probed_on_a_tree(tmp_path, mo
     assert result["probed"] is False and "tracefs is not mounted" in result["reason"]
 
 
+def test_unreadable_tracefs_is_not_probed(tmp_path, monkeypatch):
+    FakeKernel(monkeypatch)
+
+    def denied(path, *args, **kwargs):
+        if "/sys/kernel/tracing/" in str(path):
+            raise OSError(errno.EACCES, "Permission denied", path)
+        return real_stat(path, *args, **kwargs)
+    real_stat = os.stat
+    host = probes._Host(fakehost.build(tmp_path, fakehost.DEBIAN11))
+    monkeypatch.setattr(probes.os, "stat", denied)
+    result = probes.run_probe("tracepoint", host)
+    assert result["probed"] is False and "cannot look into tracefs at /sys/kernel/tracing" in result["reason"]
+
+
 def test_fentry_attaches_to_bpf_fentry_test1(tmp_path, monkeypatch):
     kernel = FakeKernel(monkeypatch)
     result = run(tmp_path, fakehost.KERNEL_6_18_BARE, "fentry")
@@ -178,7 +192,7 @@ def test_eperm_without_capabilities_is_not_probed(tmp_path, monkeypatch):
     FakeKernel(monkeypatch, prog_load=errno.EPERM)
     result = run(tmp_path, fakehost.DEBIAN11, "xdp", {"proc/self/status": NO_CAPS})
     assert result == {"supported": False, "probed": False, "min_kernel": "4.8",
-                      "reason": "could not probe: needs CAP_BPF and CAP_NET_ADMIN or CAP_SYS_ADMIN (EPERM)"}
+                      "reason": "could not probe: needs CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN (EPERM)"}
 
 
 def test_eperm_with_capabilities_is_a_kernel_refusal(tmp_path, monkeypatch):
@@ -231,6 +245,12 @@ def test_ringbuf_unknown_map_type(tmp_path, monkeypatch):
     FakeKernel(monkeypatch, map_create=errno.EINVAL)
     result = run(tmp_path, fakehost.DEBIAN11, "ringbuf")
     assert result["supported"] is False and "ringbuf" in result["reason"]
+
+
+def test_bpf_stats_needs_sys_admin(tmp_path, monkeypatch):
+    FakeKernel(monkeypatch, enable_stats=errno.EPERM)
+    result = run(tmp_path, fakehost.DEBIAN11, "bpf_stats", {"proc/self/status": "CapEff:\t000000c000001000\n"})
+    assert result["probed"] is False and result["reason"] == "could not probe: needs CAP_SYS_ADMIN (EPERM)"
 
 
 def test_bpf_stats_unknown_command(tmp_path, monkeypatch):
