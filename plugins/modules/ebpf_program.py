@@ -243,9 +243,16 @@ class ProgramModule(object):
         digest = spec_mod.check_object(p["object"], p["sha256"])
         self.obj = BpfObject(p["object"], pin_root_path=os.path.join(p["pin_root"], "_shared"))
         chosen = spec_mod.choose_program(self.obj.programs(), p["program"], p["object"])
-        spec = spec_mod.normalize(p["attach"], chosen["section"])
-        gate(spec)
-        self.obj.select(chosen["name"], attach_target=spec_mod.retarget(spec, chosen["section"]))
+        try:
+            spec = spec_mod.normalize(p["attach"], chosen["section"])
+        except spec_mod.SpecError:
+            if p["state"] != "loaded" or p["attach"]:
+                raise
+            spec = None  # loaded only: an XDP/tc/cgroup program needs no attach point yet
+        if spec:
+            gate(spec)
+        retarget = spec_mod.retarget(spec, chosen["section"]) if spec else None
+        self.obj.select(chosen["name"], attach_target=retarget)
         if p["state"] == "attached":
             pa.check_target(spec)
         return {"state": p["state"], "sha256": digest, "program": chosen["name"],

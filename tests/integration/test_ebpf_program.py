@@ -1,0 +1,206 @@
+"""ebpf_program on this machine's kernel, through real `ansible` runs, one test per attach type.
+
+Each supported attach type: the four-run check (check, apply, apply, check: changed, changed, not changed,
+not changed), the kernel shows the program attached (netlink or link lists), traffic or syscalls move the
+counter in the pinned map, then `absent` (check mode first) leaves no program, map, link or pin of ours.
+Unsupported attach types (kprobe here: CONFIG_KPROBES off; fentry/lsm where the probe says no) are refused
+with the requirements message and nothing changes. Traffic stays inside namespaces this test creates.
+"""
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from tests.conftest import needs_root
+from tests.integration.netns import make_veth_pair
+from test_ebpf_program_common import counter, kernel_ids, leaked, mounts, obj, ping, run
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import probes
+
+pytestmark = needs_root
+
+
+@pytest.fixture(scope="module")
+def pin_root():
+    mounts()
+    root = "/sys/fs/bpf/hm-prog-test-%d" % os.getpid()
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    with make_veth_pair() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def cgroup_dir():
+    path = "/sys/fs/cgroup/unified/hm-prog-test-%d" % os.getpid()
+    os.mkdir(path)
+    yield path
+    os.rmdir(path)
+
+
+def _openat(n=20):
+    for _ in range(n):
+        os.close(os.open("/etc/hostname", os.O_RDONLY))
+
+
+def _unlink(n=5):
+    d = tempfile.mkdtemp()
+    for i in range(n):
+        p = os.path.join(d, str(i))
+        open(p, "w").close()
+        os.unlink(p)
+    os.rmdir(d)
+
+
+def _cgroup_ping(ctx):
+    cmd = "echo $$ > %s/cgroup.procs && exec ip netns exec %s ping -n -q -c 3 -i 0.2 -W 1 %s" % (
+        ctx["cgroup"], ctx["pair"].ns_a, ctx["pair"].addr_b)
+    subprocess.run(["sh", "-c", cmd], capture_output=True)
+
+
+def _link_of(prog_id):
+    for lid in bs.iter_ids("link"):
+        try:
+            fd = bs.get_fd_by_id("link", lid)
+        except OSError:
+            continue
+        try:
+            info = bs.link_info(fd)
+        finally:
+            bs.close(fd)
+        if info["prog_id"] == prog_id:
+            return info
+    return None
+
+
+def _kernel_xdp(ctx, r):
+    return netlink.xdp_query(ctx["pair"].if_b, ctx["pair"].ns_b)["prog_id"] == r["prog_id"]
+
+
+def _kernel_tc(ctx, r):
+    return r["prog_id"] in [f["prog_id"] for f in netlink.tc_query(ctx["pair"].if_b, "ingress", ctx["pair"].ns_b)]
+
+
+def _kernel_tcx(ctx, r):
+    ok = r["prog_id"] in netlink.tcx_query(ctx["pair"].if_b, "ingress", ctx["pair"].ns_b)
+    return ok and _link_of(r["prog_id"])["id"] == r["link_id"]
+
+
+def _kernel_link(ctx, r):
+    link = _link_of(r["prog_id"])
+    return link is not None and link["id"] == r["link_id"]
+
+
+def _kernel_cgroup(ctx, r):
+    fd = os.open(ctx["cgroup"], os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ids = bs.prog_query(fd, bs.BPF_CGROUP_INET_EGRESS)
+    finally:
+        os.close(fd)
+    return r["prog_id"] in ids and _kernel_link(ctx, r)
+
+
+def _ping(ctx):
+    ping(ctx["pair"].ns_a, ctx["pair"].addr_b)
+
+
+def _netdev(kind, **extra):
+    def attach(ctx):
+        d = {"interface": ctx["pair"].if_b, "netns": ctx["pair"].ns_b}
+        d.update(extra)
+        return {kind: d}
+    return attach
+
+
+# attach type -> object, program, maps (pinned counter first), attach option, stimulus, kernel check
+CASES = {
+    "xdp": ("xdp_counter", "xdp_count", ["xdp_stats"], _netdev("xdp", mode="generic"), _ping, _kernel_xdp),
+    "tc": ("tc_counter", "tc_count", ["tc_stats"], _netdev("tc", direction="ingress"), _ping, _kernel_tc),
+    "tcx": ("tc_counter", "tc_count", ["tc_stats"], _netdev("tcx", direction="ingress"), _ping, _kernel_tcx),
+    "tracepoint": ("tp_openat", "count_openat", ["openat_count"], None, lambda ctx: _openat(), _kernel_link),
+    "raw_tracepoint": ("rawtp_sys_enter", "count_sys_enter", ["sys_enter_count"], None,
+                       lambda ctx: _openat(), _kernel_link),
+    "cgroup": ("cgroup_egress", "cgroup_egress_bytes", ["egress_bytes"],
+               lambda ctx: {"cgroup": {"path": ctx["cgroup"], "type": "egress"}}, _cgroup_ping, _kernel_cgroup),
+    "fentry": ("fentry_unlinkat", "fentry_unlinkat", ["fentry_count"], None, lambda ctx: _unlink(),
+               _kernel_link),
+    "lsm": ("lsm_file_open", "lsm_file_open", ["file_open_count"], None, lambda ctx: _openat(), _kernel_link),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_attach_type(kind, pin_root, pair, cgroup_dir):
+    objname, prog, maps, attach, stimulate, in_kernel = CASES[kind]
+    ctx = {"pair": pair, "cgroup": cgroup_dir}
+    name = "t-%s-%d" % (kind.replace("_", "-"), os.getpid())
+    args = {"name": name, "object": obj(objname), "pin_root": pin_root}
+    if attach:
+        args["attach"] = attach(ctx)
+    before = kernel_ids()
+
+    if not probes.probe(kind)["supported"]:
+        r = run(args)
+        assert r.get("failed") and kind in r["msg"] and os.uname().release in r["msg"], r
+        assert not os.path.exists(os.path.join(pin_root, name))
+        assert not any(leaked(before, [prog], maps).values())
+        pytest.skip("refused cleanly (not supported on this kernel): %s" % r["msg"][:200])
+
+    runs = [run(args, check=True, diff=True), run(args, diff=True), run(args, diff=True), run(args, check=True)]
+    assert [r.get("changed") for r in runs] == [True, True, False, False], runs
+    assert not any(r.get("failed") for r in runs), runs
+    r = runs[1]
+    assert r["prog_id"] in bs.iter_ids("prog")
+    assert in_kernel(ctx, r), r
+    assert runs[2]["prog_id"] == r["prog_id"]
+    map_path = os.path.join(pin_root, name, "maps", maps[0])
+    c0 = counter(map_path)
+    stimulate(ctx)
+    c1 = counter(map_path)
+    assert c1 > c0, (kind, c0, c1)
+    print("%s: prog %d, counter %s %d -> %d" % (kind, r["prog_id"], maps[0], c0, c1))
+
+    absent = {"name": name, "state": "absent", "pin_root": pin_root}
+    rc = run(absent, check=True)
+    assert rc["changed"] and os.path.exists(os.path.join(pin_root, name, "prog"))
+    ra = run(absent)
+    assert ra["changed"] and not run(absent)["changed"]
+    assert not os.path.exists(os.path.join(pin_root, name))
+    assert not any(leaked(before, [prog], maps).values())
+    assert r["prog_id"] not in set(bs.iter_ids("prog"))
+
+
+@pytest.mark.parametrize("kind,objname,prog", [("kprobe", "kprobe_unlinkat", "kprobe_unlinkat")])
+def test_refused_without_change(kind, objname, prog, pin_root):
+    if probes.probe(kind)["supported"]:
+        pytest.skip("%s is supported on this kernel" % kind)
+    before = kernel_ids()
+    name = "t-refused-%d" % os.getpid()
+    for check in (True, False):
+        r = run({"name": name, "object": obj(objname), "pin_root": pin_root}, check=check)
+        assert r.get("failed"), r
+        assert "kprobe" in r["msg"] and os.uname().release in r["msg"] and "needs kernel" in r["msg"], r
+    assert not os.path.exists(os.path.join(pin_root, name))
+    assert not any(leaked(before, [prog], ["unlink_count"]).values())
+
+
+def test_loaded_then_attached_then_loaded(pin_root, pair):
+    """state: loaded pins without attaching; attached attaches the same program; loaded again detaches."""
+    name = "t-loaded-%d" % os.getpid()
+    base = {"name": name, "object": obj("xdp_counter"), "pin_root": pin_root}
+    att = dict(base, attach={"xdp": {"interface": pair.if_b, "netns": pair.ns_b, "mode": "generic"}})
+    r1 = run(dict(base, state="loaded"))
+    assert r1["changed"] and r1["state"] == "loaded" and not run(dict(base, state="loaded"))["changed"]
+    assert netlink.xdp_query(pair.if_b, pair.ns_b)["prog_id"] == 0
+    r2 = run(att)
+    assert r2["changed"] and netlink.xdp_query(pair.if_b, pair.ns_b)["prog_id"] == r2["prog_id"]
+    r3 = run(dict(base, state="loaded"))
+    assert r3["changed"] and netlink.xdp_query(pair.if_b, pair.ns_b)["prog_id"] == 0
+    assert run({"name": name, "state": "absent", "pin_root": pin_root})["changed"]
