@@ -50,6 +50,12 @@ class _OpenOpts(ctypes.Structure):
     ]
 
 
+class _MapDef(ctypes.Structure):
+    """struct bpf_map_def, what bpf_map__def() returns on libbpf 0.x (before bpf_map__type & co, 0.7)."""
+    _fields_ = [("type", ctypes.c_uint), ("key_size", ctypes.c_uint), ("value_size", ctypes.c_uint),
+                ("max_entries", ctypes.c_uint), ("map_flags", ctypes.c_uint)]
+
+
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 
 _lib = None
@@ -93,6 +99,13 @@ def _load():
         "bpf_map__fd": ([vp], ctypes.c_int),
         "bpf_map__is_pinned": ([vp], ctypes.c_bool),
         "bpf_map__pin_path": ([vp], ctypes.c_char_p),
+        "bpf_map__reuse_fd": ([vp, ctypes.c_int], ctypes.c_int),
+        "bpf_map__type": ([vp], ctypes.c_int),
+        "bpf_map__key_size": ([vp], ctypes.c_uint32),
+        "bpf_map__value_size": ([vp], ctypes.c_uint32),
+        "bpf_map__max_entries": ([vp], ctypes.c_uint32),
+        "bpf_map__map_flags": ([vp], ctypes.c_uint32),
+        "bpf_map__def": ([vp], ctypes.POINTER(_MapDef)),
         "libbpf_get_error": ([vp], ctypes.c_long),
         "libbpf_set_print": ([_PRINT_FN], vp),
     }
@@ -261,6 +274,34 @@ class BpfObject(object):
         if fd < 0:
             raise LibbpfError("program %r was not loaded" % name, errno_mod.ENOENT, "program_fd")
         return fd
+
+    def map_defs(self):
+        """Before load: [{"name", "type", "key_size", "value_size", "max_entries", "map_flags", "pin_path"}]."""
+        lib, out = self.lib, []
+        for m in self._iter("map"):
+            if hasattr(lib, "bpf_map__max_entries") and hasattr(lib, "bpf_map__type"):
+                d = {"type": lib.bpf_map__type(m), "key_size": lib.bpf_map__key_size(m),
+                     "value_size": lib.bpf_map__value_size(m), "max_entries": lib.bpf_map__max_entries(m),
+                     "map_flags": lib.bpf_map__map_flags(m)}
+            else:
+                md = lib.bpf_map__def(m).contents
+                d = {"type": md.type, "key_size": md.key_size, "value_size": md.value_size,
+                     "max_entries": md.max_entries, "map_flags": md.map_flags}
+            pin = lib.bpf_map__pin_path(m)
+            d.update(name=lib.bpf_map__name(m).decode(), pin_path=pin.decode() if pin else None)
+            out.append(d)
+        return out
+
+    def reuse_map(self, name, fd):
+        """Before load: make map `name` use the existing map behind fd (its contents survive a replace)."""
+        for m in self._iter("map"):
+            if self.lib.bpf_map__name(m).decode() == name:
+                rc = self.lib.bpf_map__reuse_fd(m, fd)
+                if rc:
+                    err = abs(rc)
+                    raise LibbpfError("cannot reuse map %s: %s" % (name, os.strerror(err)), err, "reuse_fd")
+                return
+        raise LibbpfError("map %r not in %s" % (name, self.path), errno_mod.ENOENT, "reuse_fd")
 
     def maps(self):
         """[{"name", "fd", "pinned" (pinned by libbpf: LIBBPF_PIN_BY_NAME), "pin_path"}]."""

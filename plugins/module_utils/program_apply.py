@@ -137,7 +137,12 @@ class Program(object):
                     os.mkdir(d, 0o700)
                     created_dirs.append(d)
 
-            libbpf_object.load()
+            kept = self._reuse_maps(libbpf_object)
+            try:
+                libbpf_object.load()
+            finally:
+                for fd in kept.values():
+                    bs.close(fd)
             _test_kill("load")
 
             prog_fd = libbpf_object.program_fd(want["program"])
@@ -186,6 +191,34 @@ class Program(object):
         self.record = record
         self.live = ps.Live(self.pin_root, self.name)
         return record
+
+    def _reuse_maps(self, libbpf_object):
+        """Keep the contents of our pinned maps across a replace: a map of the new object with the same name,
+        type, sizes, entries and flags as the pinned one reuses it (a blocklist keeps blocking, counters keep
+        counting). Internal maps (.bss/.data/.rodata) are always new. Returns {name: fd} to close after load."""
+        kept = {}
+        for d in libbpf_object.map_defs():
+            if "." in d["name"] or d["pin_path"]:
+                continue
+            path = os.path.join(self.dir, "maps", d["name"])
+            if not os.path.exists(path):
+                continue
+            try:
+                fd = bs.obj_get(path)
+            except OSError:
+                continue
+            info = bs.map_info(fd)
+            same = all(info[k] == d[k] for k in ("type", "key_size", "value_size", "max_entries", "map_flags"))
+            if not same:
+                bs.close(fd)
+                continue
+            try:
+                libbpf_object.reuse_map(d["name"], fd)
+            except Exception:
+                bs.close(fd)
+                raise
+            kept[d["name"]] = fd
+        return kept
 
     def _attach(self, spec, prog_fd, new_id, stage, force, undo):
         """Attach prog_fd at spec; push undo steps. Returns True when a new link was pinned into the stage."""
