@@ -24,6 +24,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import ipaddress
+import socket
 import struct
 import sys
 
@@ -183,10 +184,15 @@ class BtfCodec(object):
         rid = self.btf.resolve(type_id)
         return rid, self.btf.types[rid]
 
-    def plain_int(self):
-        """True when the type is an integer or enum: 'auto' then behaves like 'int'."""
-        kind = _kind(self._type(self.type_id)[1])
-        return kind in ("int", "enum", "enum64")
+    def plain_signed_int(self):
+        """For a whole-byte integer (or enum) type: whether it is signed; None for anything else."""
+        t = self._type(self.type_id)[1]
+        kind = _kind(t)
+        if kind in ("enum", "enum64"):
+            return False
+        if kind != "int" or _int_flag(t, "bool") or (_field(t, "bits") or self.size * 8) != self.size * 8:
+            return None
+        return _int_flag(t, "signed")
 
     # -- encode
     def encode(self, value, what="value"):
@@ -371,6 +377,26 @@ class Codec(object):
             else:
                 fmt = "hex"
         self.fmt = fmt
+        self.decode = self._decoder()
+
+    def _decoder(self):
+        """The fastest decode for this format (maps of 65,536 entries are decoded entry by entry)."""
+        if self.fmt == "btf":
+            signed = self.btf_codec.plain_signed_int()
+            if signed is None:
+                return self.btf_codec.decode
+            return lambda data: int.from_bytes(data, BYTEORDER, signed=signed)
+        if self.fmt == "int":
+            return lambda data: int.from_bytes(data, BYTEORDER)
+        if self.fmt == "hex":
+            return decode_hex
+        if self.fmt == "ipv4":
+            return socket.inet_ntoa
+        if self.fmt == "ipv6":
+            return lambda data: socket.inet_ntop(socket.AF_INET6, data)
+        if self.fmt == "mac":
+            return decode_mac
+        return decode_string
 
     def encode(self, value, label=None):
         what = label or self.what
@@ -387,19 +413,6 @@ class Codec(object):
         if self.fmt == "mac":
             return encode_mac(value, self.size, what)
         return encode_string(value, self.size, what)
-
-    def decode(self, data):
-        if self.fmt == "btf":
-            return self.btf_codec.decode(data)
-        if self.fmt == "int":
-            return decode_int(data)
-        if self.fmt == "hex":
-            return decode_hex(data)
-        if self.fmt in ("ipv4", "ipv6"):
-            return str(ipaddress.ip_address(bytes(data)))
-        if self.fmt == "mac":
-            return decode_mac(data)
-        return decode_string(data)
 
     def label(self, data):
         """A string naming a key in results and diffs."""

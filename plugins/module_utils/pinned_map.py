@@ -18,8 +18,10 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ctypes
 import errno
 import os
+import struct
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_codec
@@ -59,6 +61,31 @@ def _fdinfo(fd):
     except (IOError, OSError):
         pass
     return out
+
+
+def _lookup_batch(fd, key_size, value_size, count, in_batch):
+    """BPF_MAP_LOOKUP_BATCH, returning (keys bytes, values bytes, count, out_batch, done).
+
+    Private stand-in for bpf_syscall.map_lookup_batch, which slices `buffer.raw` once per entry (each `.raw`
+    copies the whole buffer: quadratic, 3 s for 65,536 entries); same attr layout, one copy per call."""
+    keys = ctypes.create_string_buffer(key_size * count)
+    values = ctypes.create_string_buffer(value_size * count)
+    token = max(key_size, 8)
+    out_batch = ctypes.create_string_buffer(token)
+    in_buf = ctypes.create_string_buffer(in_batch, token) if in_batch is not None else None
+    attr = ctypes.create_string_buffer(56)
+    struct.pack_into("=QQQQIIQQ", attr, 0, ctypes.addressof(in_buf) if in_buf is not None else 0,
+                     ctypes.addressof(out_batch), ctypes.addressof(keys), ctypes.addressof(values),
+                     count, fd, 0, 0)
+    done = False
+    try:
+        bs.bpf(bs.BPF_MAP_LOOKUP_BATCH, attr, 56)
+    except bs.BpfError as e:
+        if e.errno != errno.ENOENT:
+            raise
+        done = True
+    got = struct.unpack_from("=I", attr, 32)[0]
+    return keys.raw[:got * key_size], values.raw[:got * value_size], got, out_batch.raw, done
 
 
 class PinnedMap(object):
@@ -178,14 +205,15 @@ class PinnedMap(object):
         in_batch = None
         while True:
             try:
-                keys, values, out_batch, done = bs.map_lookup_batch(
+                keys, values, got, out_batch, done = _lookup_batch(
                     self.fd, self.key_size, self.buf_size, count, in_batch)
             except bs.BpfError as e:
                 if e.errno == errno.ENOSPC and count < self.max_entries * 2:
                     count *= 2  # a hash bucket bigger than the batch: the kernel wants more room
                     continue
                 raise
-            items.extend(zip(keys, values))
+            ks, vs = self.key_size, self.buf_size
+            items.extend((keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs]) for i in range(got))
             if done:
                 return items
             in_batch = out_batch
@@ -205,11 +233,12 @@ class PinnedMap(object):
     def zero_value(self):
         return b"\0" * self.buf_size
 
-    def apply(self, deletes, updates):
+    def apply(self, deletes, updates, previous=None):
         """Delete `deletes` (keys) then write `updates` ([(key, full value buffer)]), all or nothing.
 
         On a kernel error every key touched so far is restored (previous value written back, added keys
-        deleted) and MapError is raised. Array maps cannot delete: their "deleted" entries are zeroed."""
+        deleted) and MapError is raised. Array maps cannot delete: their "deleted" entries are zeroed.
+        `previous` ({key: buffer or None}, from plan()) saves looking each updated key up again."""
         if self.read_only:
             raise MapError("map %s is read-only from user space (%s)" % (
                 self.path, "frozen" if self.frozen else "BPF_F_RDONLY in its map_flags"))
@@ -224,7 +253,8 @@ class PinnedMap(object):
                     bs.map_update(self.fd, key, self.zero_value(), bs.BPF_ANY)
                 else:
                     bs.map_delete(self.fd, key)
-            olds = [(k, self.lookup(k)) for k, _v in updates]
+            previous = previous or {}
+            olds = [(k, previous[k] if k in previous else self.lookup(k)) for k, _v in updates]
             undo.extend(olds)
             self._update_many(updates)
         except OSError as e:
@@ -267,9 +297,13 @@ class PinnedMap(object):
 def plan(pm, entries, state="present", exact=False):
     """What must change so the map holds `entries` ([(key, full value buffer or None)]).
 
+    With state=present a value of None means "the key must exist, whatever its value": a missing key is
+    added with an all-zero value, an existing one is left alone (e.g. a counter the BPF program updates).
     Returns {"deletes": [key], "updates": [(key, value)], "before": {key: buffer or None},
-    "after": {key: buffer or None}} covering only the keys that change. In array maps an entry is
-    "absent" when its value is all zeros (their entries cannot be removed, only zeroed)."""
+    "after": {key: buffer or None}, "previous": {key: buffer or None}} covering only the keys that change
+    ("previous" is the raw value of each updated key, for apply()'s undo). In array maps an entry is
+    "absent" when its value is all zeros (their entries cannot be removed, only zeroed). Many keys (an
+    eighth of max_entries or more) are compared against one batched read of the whole map."""
     zero = pm.zero_value()
 
     def present(buf):
@@ -280,18 +314,23 @@ def plan(pm, entries, state="present", exact=False):
         if key in seen and seen[key] != value:
             raise MapError("key %s is given twice with different values" % key.hex())
         seen[key] = value
-    if exact:
+    if exact or len(seen) >= max(64, pm.max_entries // 8):
         current = dict(pm.read_all())
     else:
         current = dict((k, pm.lookup(k)) for k in seen)
-    deletes, updates, before, after = [], [], {}, {}
+    deletes, updates, before, after, previous = [], [], {}, {}, {}
     for key, value in seen.items():
         cur = current.get(key)
         if state == "present":
+            if value is None:
+                if present(cur):
+                    continue
+                value = zero
             if cur != value:
                 updates.append((key, value))
                 before[key] = cur if present(cur) else None
                 after[key] = value
+                previous[key] = cur
         elif present(cur):
             deletes.append(key)
             before[key] = cur
@@ -302,7 +341,7 @@ def plan(pm, entries, state="present", exact=False):
                 deletes.append(key)
                 before[key] = cur
                 after[key] = None
-    return {"deletes": deletes, "updates": updates, "before": before, "after": after}
+    return {"deletes": deletes, "updates": updates, "before": before, "after": after, "previous": previous}
 
 
 def read_entries(pm, key_format="auto", value_format="auto", keys=None):

@@ -53,7 +53,12 @@ options:
         type: raw
         required: true
       value:
-        description: The value, written in O(value_format). Required with O(state=present).
+        description:
+          - The value, written in O(value_format).
+          - Left out (with O(state=present)), the key only has to exist; a missing key is added with an
+            all-zero value and an existing one keeps its value. Use this for values the BPF program
+            changes itself, such as the example blocklist's per-source drop counter, so that a second run
+            does not reset them.
         type: raw
   state:
     description: Whether the O(entries) must be present (with these values) or absent.
@@ -85,14 +90,14 @@ notes:
 """
 
 EXAMPLES = r"""
-- name: Block two IPv4 sources with the example XDP blocklist
+- name: Block two IPv4 sources with the example XDP blocklist (values are drop counters: leave them be)
   hypermesh.ebpf.ebpf_map:
     name: blocklist
     map: blocklist
     key_format: ipv4
     entries:
-      - {key: 192.0.2.10, value: 0}
-      - {key: 192.0.2.11, value: 0}
+      - key: 192.0.2.10
+      - key: 192.0.2.11
 
 - name: Exactly these sources, nothing else
   hypermesh.ebpf.ebpf_map:
@@ -184,10 +189,7 @@ def run(module):
                 label = kcodec.label(key)
                 pm.check_key(key, label)
                 value = None
-                if p["state"] == "present":
-                    if entry.get("value") is None:
-                        raise pinned_map.MapError("entries[%d] (key %s) has no value; state=present needs one"
-                                                  % (i, label))
+                if p["state"] == "present" and entry.get("value") is not None:
                     value = pm.full_value(vcodec.encode(entry["value"], "entries[%d].value" % i))
                 wanted.append((key, value))
             plan = pinned_map.plan(pm, wanted, p["state"], p["exact"])
@@ -196,7 +198,7 @@ def run(module):
                 raise pinned_map.MapError("map %s is read-only from user space (%s); nothing was written" % (
                     path, "frozen with BPF_MAP_FREEZE" if pm.frozen else "BPF_F_RDONLY in its map_flags"))
             if changed and not module.check_mode:
-                pm.apply(plan["deletes"], plan["updates"])
+                pm.apply(plan["deletes"], plan["updates"], plan["previous"])
             result = {
                 "changed": changed,
                 "map": pm.describe(),

@@ -79,6 +79,11 @@ def test_blocklist_drops_and_four_run_check(blocklist, pair):
     r = module("ebpf_map_info", {"path": os.path.join(maps, "blocklist"), "key_format": "ipv4"})
     assert r["entries"][0]["key"] == src and r["entries"][0]["value"] >= 2, r
     assert r["read_method"] in ("batch", "next_key")
+    # the value is the program's drop counter: listing the key without a value keeps it (not changed)
+    keep = dict(args, entries=[{"key": src}])
+    assert module("ebpf_map", keep)["changed"] is False
+    assert module("ebpf_map_info", {"path": os.path.join(maps, "blocklist"), "key_format": "ipv4"}
+                  )["entries"][0]["value"] == r["entries"][0]["value"]
 
     absent = dict(args, state="absent", entries=[{"key": src}])
     runs = [module("ebpf_map", absent, check=True), module("ebpf_map", absent), module("ebpf_map", absent),
@@ -161,7 +166,6 @@ BAD = [
     ("map full", {"key_format": "int", "value_format": "int",
                   "entries": [{"key": 1, "value": 7}, {"key": 40, "value": 1}, {"key": 41, "value": 1}]},
      "map is full"),
-    ("no value", {"key_format": "int", "entries": [{"key": 1}]}, "has no value"),
 ]
 
 
@@ -194,6 +198,21 @@ def test_unknown_map(pin_root):
     assert r.get("failed") and os.path.join(pin_root, "nope", "maps", "blocklist") in r["msg"], r
     r = module("ebpf_map_info", {"path": os.path.join(pin_root, "nope")})
     assert r.get("failed") and "no pinned map at" in r["msg"], r
+
+
+def test_key_without_value(pin_root):
+    """state=present with no value: a missing key is added as zeros, an existing key keeps its value."""
+    fd = bs.map_create(bs.BPF_MAP_TYPE_HASH, 4, 8, 8, name="hm_novalue")
+    bs.map_update(fd, (1).to_bytes(4, "little"), (5).to_bytes(8, "little"))
+    path = os.path.join(pin_root, "novalue")
+    bs.obj_pin(fd, path)
+    bs.close(fd)
+    args = {"path": path, "key_format": "int", "value_format": "int", "entries": [{"key": 1}, {"key": 2}]}
+    r = module("ebpf_map", args)
+    assert r["changed"] and r["added"] == ["2"] and r["updated"] == [], r
+    assert not module("ebpf_map", args)["changed"]
+    got = module("ebpf_map_info", {"path": path, "key_format": "int", "value_format": "int"})["entries"]
+    assert sorted((e["key"], e["value"]) for e in got) == [(1, 5), (2, 0)]
 
 
 def test_read_only_map(pin_root):
