@@ -345,13 +345,37 @@ def _btf_func(host, names):
     raise _No("none of %s is a function in the kernel BTF" % ", ".join(names))
 
 
+def _ftrace_refused(host):
+    """True when a mounted tracefs refuses root the ftrace function list (EPERM): ftrace is locked here."""
+    for base in host.mounts.get("tracefs", []):
+        try:
+            with open(os.path.join(host.root, base.lstrip("/"), "available_filter_functions")) as handle:
+                handle.read(1)
+        except (IOError, OSError) as exc:
+            if exc.errno == errno.EPERM:
+                return True
+        return False
+    return False
+
+
+def _load_trampoline(host, fds, prog_type, what, attach_type, type_id):
+    """Load a program that runs from a BPF trampoline (fentry, lsm); explain a refusal the kernel gives anyway."""
+    try:
+        return _load(host, fds, prog_type, what, _TRACE, expected_attach_type=attach_type, attach_btf_id=type_id)
+    except _No as exc:
+        text = str(exc)
+        if "kernel policy" in text and _ftrace_refused(host):
+            text += "; tracefs refuses even the ftrace function list (available_filter_functions: EPERM), so " \
+                    "ftrace-based attachment is locked on this kernel"
+        raise _No(text)
+
+
 def _probe_fentry(host, fds):
     if host.config_off("CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS") and os.uname()[4] == "x86_64":
         raise _No("the kernel has no BPF trampoline for functions (CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS is "
                   "not set)")
     name, type_id = _btf_func(host, FENTRY_TARGETS)
-    prog = _load(host, fds, bpf.BPF_PROG_TYPE_TRACING, "fentry", _TRACE, expected_attach_type=bpf.BPF_TRACE_FENTRY,
-                 attach_btf_id=type_id)
+    prog = _load_trampoline(host, fds, bpf.BPF_PROG_TYPE_TRACING, "fentry", bpf.BPF_TRACE_FENTRY, type_id)
     if name != "bpf_fentry_test1":
         return "a minimal fentry program loads against %s (vmlinux BTF id %d)" % (name, type_id)
     try:
@@ -387,7 +411,7 @@ def _probe_lsm(host, fds):
         listed = ",".join(active)
         raise _No("bpf is not in the active LSM list (%s); boot with lsm=%s,bpf" % (listed, listed))
     name, type_id = _btf_func(host, (LSM_HOOK,))
-    _load(host, fds, bpf.BPF_PROG_TYPE_LSM, "lsm", _TRACE, expected_attach_type=bpf.BPF_LSM_MAC, attach_btf_id=type_id)
+    _load_trampoline(host, fds, bpf.BPF_PROG_TYPE_LSM, "lsm", bpf.BPF_LSM_MAC, type_id)
     if active is None:
         raise _NotProbed("a minimal lsm program loads, but the active LSM list is unknown (%s)"
                          % host.lsms["reason"])

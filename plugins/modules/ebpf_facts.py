@@ -26,9 +26,9 @@ description:
     Works without libbpf (it uses the bpf(2) system call directly) and without root. Without the privileges a
     probe needs, the feature is reported with C(probed=false) and a reason such as
     C(could not probe: needs CAP_BPF or CAP_SYS_ADMIN), and a warning lists what was not probed.
-  - Where securityfs or tracefs is not mounted, the module reads the LSM list through the lsm_list_modules(2) system call
-    (kernel 6.8+) or mounts the file system in a private mount namespace of a short-lived C(unshare) child
-    (needs CAP_SYS_ADMIN, see O(private_mounts)). The host's mount table is never changed.
+  - Where securityfs or tracefs is not mounted, the module reads the LSM list through the lsm_list_modules(2)
+    system call (kernel 6.8+) or mounts the file system in a private mount namespace of a short-lived
+    C(unshare) child (needs CAP_SYS_ADMIN, see O(private_mounts)). The host's mount table is never changed.
 version_added: "0.1.0"
 author: hypermesh engineers
 options:

@@ -100,7 +100,8 @@ def test_lsm_supported_when_bpf_active(tmp_path, monkeypatch):
 
 def test_lsm_without_config(tmp_path, monkeypatch):
     FakeKernel(monkeypatch)
-    result = run(tmp_path, fakehost.DEBIAN11, "lsm", {"boot/config-5.10.0-30-cloud-amd64": "# CONFIG_BPF_LSM is not set\n"})
+    result = run(tmp_path, fakehost.DEBIAN11, "lsm",
+                 {"boot/config-5.10.0-30-cloud-amd64": "# CONFIG_BPF_LSM is not set\n"})
     assert not result["supported"] and "CONFIG_BPF_LSM" in result["reason"]
 
 
