@@ -1,0 +1,137 @@
+"""Verify, inside each guest, what converge did: pins, programs and links the kernel lists, counters that
+move with traffic and syscalls made here, and gating both ways (refused exactly where the probe says no).
+
+Runs under Molecule's testinfra verifier (one SSH connection per guest). Counters found are written to
+$HYPERMESH_RESULTS/<guest>.verify.json for the report.
+"""
+import json
+import os
+
+import pytest
+
+PIN_ROOT = "/sys/fs/bpf/hypermesh"
+RESULTS = os.environ.get("HYPERMESH_RESULTS") or os.path.join(
+    os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/tmp"), "results")
+
+# program -> (map, how to make its counter move inside the guest)
+TRAFFIC_UDP = ("ip netns exec hm1 python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+               "[s.sendto(b'x' * 56, ('10.199.0.1', 9)) for _ in range(20)]\"")
+TRAFFIC = {
+    "xdp_counter": ("xdp_stats", TRAFFIC_UDP),
+    "tc_counter": ("tc_stats", TRAFFIC_UDP),
+    "tcx_counter": ("tc_stats", TRAFFIC_UDP),
+    "tp_openat": ("openat_count", "for i in 1 2 3 4 5 6 7 8 9 10; do cat /etc/hostname >/dev/null; done"),
+    "rawtp_sys_enter": ("sys_enter_count", "for i in 1 2 3 4 5; do true; done; ls / >/dev/null"),
+    "kprobe_unlinkat": ("unlink_count", "for i in 1 2 3; do touch /tmp/hm-unlink-$i; rm /tmp/hm-unlink-$i; done"),
+    "fentry_unlinkat": ("fentry_count", "for i in 1 2 3; do touch /tmp/hm-unlink-$i; rm /tmp/hm-unlink-$i; done"),
+    "cgroup_egress": ("egress_bytes", "sh -c 'echo $$ > /sys/fs/cgroup/hm-test/cgroup.procs; exec %s'"
+                      % TRAFFIC_UDP.replace("'", "\\'").replace("ip netns exec hm1 ", "")),
+    "lsm_file_open": ("file_open_count", "cat /etc/hostname /etc/hosts >/dev/null"),
+}
+
+
+def converge_result(name):
+    with open(os.path.join(RESULTS, name + ".converge.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def result(host):
+    return converge_result(host.backend.get_hostname())
+
+
+def bpftool(host, *args):
+    out = host.check_output("bpftool -j " + " ".join(args))
+    return json.loads(out or "null")
+
+
+def map_total(host, path):
+    """Sum of every number in entry 0 of a pinned map (per-CPU values and struct fields added up)."""
+    dump = bpftool(host, "map", "dump", "pinned", path)
+    total = 0
+
+    def add(v):
+        if isinstance(v, bool):
+            return 0
+        if isinstance(v, (int, float)):
+            return v
+        if isinstance(v, dict):
+            return sum(add(x) for k, x in v.items() if k not in ("cpu",))
+        if isinstance(v, list):
+            return sum(add(x) for x in v)
+        return 0
+
+    for entry in dump or []:
+        if "formatted" in entry:
+            entry = entry["formatted"]
+        for key in ("value", "values"):
+            if key in entry:
+                total += add(entry[key])
+    return total
+
+
+def test_kernel_is_the_one_we_booted(host, result):
+    assert host.check_output("uname -r") == result["release"]
+
+
+def test_gating_agrees_with_the_probes(result):
+    """A program attaches exactly when ebpf_facts says its feature is supported; else it is refused."""
+    wrong = {}
+    for name, p in result["programs"].items():
+        supported = result["features"][p["feature"]]["supported"]
+        if supported and p["outcome"] != "attached":
+            wrong[name] = "probe says %s works, module: %s %s" % (p["feature"], p["outcome"], p["message"])
+        if not supported and p["outcome"] != "refused":
+            wrong[name] = "probe says %s does not work, module: %s" % (p["feature"], p["outcome"])
+    assert not wrong
+
+
+def test_lsm_gating_both_ways(host, result):
+    """bpf in the active LSM list exactly when the kernel was booted with it; LSM programs follow."""
+    lsm_active = "bpf" in host.file("/sys/kernel/security/lsm").content_string.split(",")
+    booted_with = "bpf" in host.file("/proc/cmdline").content_string.split("lsm=")[-1].split()[0].split(",") \
+        if "lsm=" in host.file("/proc/cmdline").content_string else None
+    if booted_with is not None:
+        assert lsm_active == booted_with
+    assert result["features"]["lsm"]["supported"] == lsm_active
+    assert result["programs"]["lsm_file_open"]["outcome"] == ("attached" if lsm_active else "refused")
+
+
+def test_tcx_gating(result):
+    major, minor = [int(x) for x in result["release"].split(".")[:2]]
+    expect = (major, minor) >= (6, 6)
+    assert result["features"]["tcx"]["supported"] == expect
+    assert result["programs"]["tcx_counter"]["outcome"] == ("attached" if expect else "refused")
+
+
+def test_pins_and_kernel_objects(host, result):
+    """Every attached program is pinned, and the kernel lists it (and its link, where it has one)."""
+    progs = {p["id"]: p for p in bpftool(host, "prog", "show")}
+    links = {l["id"]: l for l in bpftool(host, "link", "show") or []}
+    for name, p in result["programs"].items():
+        if p["outcome"] != "attached":
+            assert not host.file("%s/%s" % (PIN_ROOT, name)).exists, name
+            continue
+        assert host.file("%s/%s/prog" % (PIN_ROOT, name)).exists, name
+        assert p["prog_id"] in progs, name
+        if p.get("link_id"):
+            assert p["link_id"] in links, name
+            assert links[p["link_id"]]["prog_id"] == p["prog_id"], name
+
+
+def test_counters_move(host, result):
+    """Traffic and syscalls made inside the guest move each attached program's counter."""
+    counters = {}
+    for name, p in sorted(result["programs"].items()):
+        if p["outcome"] != "attached" or name not in TRAFFIC:
+            continue
+        mapname, cmd = TRAFFIC[name]
+        path = "%s/%s/maps/%s" % (PIN_ROOT, name, mapname)
+        before = map_total(host, path)
+        host.check_output(cmd)
+        after = map_total(host, path)
+        counters[name] = {"before": before, "after": after}
+    with open(os.path.join(RESULTS, host.backend.get_hostname() + ".verify.json"), "w") as f:
+        json.dump(counters, f, indent=1, sort_keys=True)
+    stuck = {n: c for n, c in counters.items() if c["after"] <= c["before"]}
+    assert not stuck

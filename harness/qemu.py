@@ -1,0 +1,192 @@
+"""Boot a guest under qemu and tear it down without leaving anything behind.
+
+KVM when /dev/kvm works, plain emulation (TCG) otherwise. User-mode networking with SSH forwarded from a
+free port on 127.0.0.1 only. The kernel and initrd are given to qemu directly (-kernel/-initrd), the root
+file system is a qcow2 overlay over the cached image on a virtio disk. The serial console goes to a file,
+shown when the guest fails.
+"""
+import errno
+import os
+import signal
+import socket
+import subprocess
+import time
+
+BASE_CMDLINE = "console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1"
+
+
+class GuestError(Exception):
+    def __init__(self, message, console=""):
+        Exception.__init__(self, message)
+        self.console = console
+
+
+def accel_args(kvm):
+    if kvm:
+        return ["-accel", "kvm", "-cpu", "host"]
+    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port free on host right now (the kernel picks it)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def port_in_use(port, host="127.0.0.1"):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((host, port))
+        return False
+    except OSError as e:
+        return e.errno == errno.EADDRINUSE
+    finally:
+        s.close()
+
+
+def kernel_cmdline(pubkey, extra=""):
+    """The guest's kernel command line: console, root, the run's SSH key, then the guest's own extras."""
+    parts = pubkey.split()
+    if len(parts) < 2:
+        raise ValueError("not an OpenSSH public key")
+    line = "%s hypermesh.key=%s:%s" % (BASE_CMDLINE, parts[0], parts[1])
+    if extra.strip():
+        line += " " + " ".join(extra.split())
+    return line
+
+
+def qemu_argv(name, kernel, initrd, disk, port, cmdline, console, pidfile, kvm, memory=1024, cpus=1):
+    argv = ["qemu-system-x86_64", "-name", "hypermesh-" + name, "-machine", "q35"]
+    argv += accel_args(kvm)
+    argv += ["-smp", str(cpus), "-m", str(memory), "-nodefaults", "-display", "none", "-no-reboot",
+             "-serial", "file:" + console, "-kernel", kernel]
+    if initrd:
+        argv += ["-initrd", initrd]
+    argv += ["-append", cmdline,
+             "-drive", "file=%s,if=virtio,format=qcow2,cache=unsafe" % disk,
+             "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22" % port,
+             "-device", "virtio-net-pci,netdev=n0",
+             "-device", "virtio-rng-pci",
+             "-daemonize", "-pidfile", pidfile]
+    return argv
+
+
+def ssh_argv(port, key, command=None, user="root"):
+    argv = ["ssh", "-i", key, "-p", str(port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "%s@127.0.0.1" % user]
+    if command:
+        argv.append(command)
+    return argv
+
+
+def tail(path, lines=60):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "(no console log at %s)" % path
+
+
+def read_pid(pidfile):
+    try:
+        with open(pidfile) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_is_guest(pid, name):
+    """True when pid is alive and is the qemu of this guest (never signal a recycled pid)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"hypermesh-" + name.encode() in argv
+
+
+class Guest(object):
+    """One running guest: its state lives in statedir/<name>/."""
+
+    def __init__(self, name, statedir):
+        self.name = name
+        self.dir = os.path.join(statedir, name)
+        self.overlay = os.path.join(self.dir, "overlay.qcow2")
+        self.console = os.path.join(self.dir, "console.log")
+        self.pidfile = os.path.join(self.dir, "qemu.pid")
+
+    def start(self, image, key, extra_cmdline="", kernel=None, initrd=None, kvm=False, memory=1024):
+        """Start qemu in the background; returns the forwarded SSH port."""
+        os.makedirs(self.dir, exist_ok=True)
+        if os.path.exists(self.overlay):
+            raise GuestError("guest %s: %s exists (still running? run destroy first)" % (self.name, self.overlay))
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                        os.path.join(image, "rootfs.img"), self.overlay], check=True)
+        with open(key + ".pub") as f:
+            cmdline = kernel_cmdline(f.read(), extra_cmdline)
+        kernel = kernel or os.path.join(image, "vmlinuz")
+        if initrd is None and kernel == os.path.join(image, "vmlinuz"):
+            initrd = os.path.join(image, "initrd.img")
+        last = ""
+        for _ in range(5):  # the port may be taken between free_port() and qemu's bind
+            port = free_port()
+            argv = qemu_argv(self.name, kernel, initrd, self.overlay, port, cmdline, self.console,
+                             self.pidfile, kvm, memory)
+            res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if res.returncode == 0:
+                self.port = port
+                self.kvm = kvm
+                return port
+            last = res.stdout
+            if "hostfwd" not in last and "Could not set up host forwarding" not in last:
+                break
+        os.unlink(self.overlay)
+        raise GuestError("guest %s: qemu failed to start: %s" % (self.name, last.strip()))
+
+    def console_silent_for(self, seconds):
+        """Wait up to `seconds` for the first byte on the serial console; True when none came."""
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if os.path.exists(self.console) and os.path.getsize(self.console) > 0:
+                return False
+            time.sleep(0.2)
+        return True
+
+    def wait_ssh(self, port, key, timeout=240):
+        """Seconds until `ssh true` works; GuestError with the console when qemu dies or time runs out."""
+        started = time.time()
+        while time.time() - started < timeout:
+            pid = read_pid(self.pidfile)
+            if pid is None or not pid_is_guest(pid, self.name):
+                raise GuestError("guest %s: qemu exited during boot" % self.name, tail(self.console))
+            res = subprocess.run(ssh_argv(port, key, "true"), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            if res.returncode == 0:
+                return time.time() - started
+            time.sleep(0.5)
+        raise GuestError("guest %s: no SSH after %d s" % (self.name, timeout), tail(self.console))
+
+    def stop(self, timeout=15):
+        """Stop qemu (if it is ours), remove the overlay and pidfile. Returns what it did."""
+        done = []
+        pid = read_pid(self.pidfile)
+        if pid and pid_is_guest(pid, self.name):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.time() + timeout
+            while pid_is_guest(pid, self.name) and time.time() < deadline:
+                time.sleep(0.1)
+            if pid_is_guest(pid, self.name):
+                os.kill(pid, signal.SIGKILL)
+                while pid_is_guest(pid, self.name):
+                    time.sleep(0.1)
+            done.append("stopped qemu %d" % pid)
+        for path in (self.overlay, self.pidfile):
+            if os.path.exists(path):
+                os.unlink(path)
+                done.append("removed " + os.path.basename(path))
+        return done

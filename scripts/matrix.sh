@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The kernel matrix: build (or reuse) the Debian guest images, run the Molecule scenario on qemu guests
+# (create, prepare, converge, idempotence, verify, destroy, each step timed), write docs/kernel-matrix.*.
+#   scripts/matrix.sh            the five Debian guests (scenario default)
+#   scripts/matrix.sh custom     a kernel you bring: HYPERMESH_GUEST_KERNEL=... (see docs/harness.md)
+# Environment: HYPERMESH_CACHE (images, default /var/cache/hypermesh-ebpf), HYPERMESH_ACCEL=auto|kvm|tcg,
+# HYPERMESH_BOOT_JOBS (guests booted at once, default: number of cores), HYPERMESH_KEEP=1 (leave guests up).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+scenario=${1:-default}
+export PATH="$top/.venv/bin:$PATH"
+export ANSIBLE_COLLECTIONS_PATH="$top/.cache/collections"
+export HYPERMESH_CACHE=${HYPERMESH_CACHE:-/var/cache/hypermesh-ebpf}
+export PY_COLORS=0 ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1
+
+# Harness-specific tools that scripts/bootstrap.sh may not install everywhere.
+need=()
+for tool in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mmdebstrap:mmdebstrap mke2fs:e2fsprogs \
+            ssh:openssh-client ssh-keygen:openssh-client debugfs:e2fsprogs; do
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "matrix: apt-get install ${need[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+run=$(mktemp -d /tmp/hypermesh-matrix.XXXXXX)
+export HYPERMESH_STATE="$run/guests" HYPERMESH_RESULTS="$run/results"
+mkdir -p "$HYPERMESH_RESULTS"
+# An http proxy of this host (environment or apt.conf.d) is passed on to the guests' apt, as the guests see it.
+guest_proxy=$(python3 -c 'from harness import aptconf; print(aptconf.proxy_for_guest(aptconf.host_proxy()) or "")')
+export HYPERMESH_GUEST_PROXY="$guest_proxy"
+[ -z "$guest_proxy" ] || echo "matrix: guests use the http proxy $guest_proxy"
+
+t0=$(date +%s)
+steps_json="$run/steps.json"
+echo "{}" > "$steps_json"
+note_step() {  # name seconds
+  python3 - "$steps_json" "$1" "$2" <<'PY'
+import json, sys
+path, name, secs = sys.argv[1], sys.argv[2], float(sys.argv[3])
+d = json.load(open(path)); d[name] = secs; json.dump(d, open(path, "w"))
+PY
+}
+
+cleanup() {
+  rc=$?
+  if [ "${HYPERMESH_KEEP:-0}" != 1 ]; then
+    molecule destroy -s "$scenario" >/dev/null 2>&1 || true
+    python3 -m harness down --state "$HYPERMESH_STATE" || true
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+
+step() {  # name command...
+  local name=$1; shift
+  local s=$(date +%s.%N)
+  echo "=== matrix: $name ($(date -u +%T))"
+  set +e
+  "$@" 2>&1 | tee "$run/$name.log"
+  local rc=${PIPESTATUS[0]}
+  set -e
+  local secs
+  secs=$(python3 -c "import time; print(round(time.time() - $s, 1))")
+  note_step "$name" "$secs"
+  echo "=== matrix: $name took ${secs} s (rc $rc)"
+  if [ "$rc" -ne 0 ]; then
+    echo "=== matrix: FAILED at step $name"
+    # The guests named in the failure, with the end of their serial console.
+    for g in $(grep -oE '(fatal|failed|UNREACHABLE!?): \[[^]]+\]|guest [a-z0-9-]+: FAILED|^(FAILED|ERROR) .*::[a-z_]+\[[^]]*ansible://[a-z0-9-]+' "$run/$name.log" \
+               | grep -oE '\[[^]]+\]|guest [a-z0-9-]+|ansible://[a-z0-9-]+' | sed -e 's/^\[//' -e 's/\]$//' -e 's/^guest //' -e 's#ansible://##' | sort -u); do
+      if [ -f "$HYPERMESH_STATE/$g/console.log" ]; then
+        echo "----- guest $g failed at step $name; its console (last 40 lines):"
+        tail -n 40 "$HYPERMESH_STATE/$g/console.log"
+        echo "-----"
+      fi
+    done
+    return "$rc"
+  fi
+}
+
+if [ "$scenario" = custom ]; then
+  suites=${HYPERMESH_GUEST_ROOTFS:-bookworm}
+else
+  suites="bullseye bookworm trixie sid"
+fi
+step images python3 -m harness build $suites
+step destroy molecule destroy -s "$scenario"
+step create molecule create -s "$scenario"
+cp "$HYPERMESH_STATE/instances.json" "$run/instances.json"
+step prepare molecule prepare -s "$scenario"
+step converge molecule converge -s "$scenario"
+step idempotence molecule idempotence -s "$scenario"
+step verify molecule verify -s "$scenario"
+if [ "${HYPERMESH_KEEP:-0}" != 1 ]; then
+  step destroy_end molecule destroy -s "$scenario"
+  python3 -m harness check-clean --state "$HYPERMESH_STATE"
+fi
+total=$(( $(date +%s) - t0 ))
+note_step total "$total"
+out=docs
+[ "$scenario" = default ] || out="$run"
+python3 -m harness report --run "$run" --out "$out"
+echo "=== matrix: all steps passed in ${total} s; report in $out/kernel-matrix.md"
