@@ -11,7 +11,7 @@ Formats (`key_format` / `value_format`):
           "42", "0x2a" and 42 are all accepted
   hex     raw bytes in order: "0a000001", "0x0a000001", "0a 00 00 01", "0a:00:00:01" or a list of ints
   ipv4    dotted quad, stored in network byte order (4 bytes)
-  ipv6    any form Python's ipaddress accepts, network byte order (16 bytes)
+  ipv6    any form inet_pton accepts ("2001:db8::1", "::ffff:10.0.0.1"), network byte order (16 bytes)
   mac     "aa:bb:cc:dd:ee:ff" (6 bytes)
   string  UTF-8, padded with NULs to the size (a value that does not fit is an error)
   auto    the map's BTF type when the map carries BTF (ints, enums, structs as dicts by field name, arrays as
@@ -23,7 +23,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import ipaddress
 import socket
 import struct
 import sys
@@ -126,8 +125,8 @@ def encode_ipv4(value, size, what="value"):
     if size != 4:
         raise CodecError("%s: format ipv4 needs 4 bytes, the map has %d" % (what, size))
     try:
-        return ipaddress.IPv4Address(str(value).strip()).packed
-    except ValueError:
+        return socket.inet_pton(socket.AF_INET, value.strip())  # strict dotted quad, unlike inet_aton
+    except (AttributeError, OSError):
         raise CodecError("%s: %r is not an IPv4 address" % (what, value))
 
 
@@ -135,8 +134,8 @@ def encode_ipv6(value, size, what="value"):
     if size != 16:
         raise CodecError("%s: format ipv6 needs 16 bytes, the map has %d" % (what, size))
     try:
-        return ipaddress.IPv6Address(str(value).strip()).packed
-    except ValueError:
+        return socket.inet_pton(socket.AF_INET6, value.strip())
+    except (AttributeError, OSError):
         raise CodecError("%s: %r is not an IPv6 address" % (what, value))
 
 
