@@ -1,0 +1,123 @@
+"""ebpf_info on this machine's kernel, through real `ansible` runs, checked against bpftool and netlink.
+
+Setup: xdp_blocklist loaded with bpftool under a private pin root (as a managed program "blk" would be), attached
+in generic mode to the b side of a veth pair through netlink, and through a pinned BPF link (BPF_LINK_CREATE)
+to the a side; an unpinned map stands for something this collection does not manage.
+"""
+import os
+import shutil
+import subprocess
+import threading
+
+import pytest
+
+from tests.conftest import needs_root
+from test_ebpf_map_common import OBJECTS, bpftool_json, load_object, module, ping, veth_netns
+
+pytestmark = needs_root
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world():
+    root = "/sys/fs/bpf/hm-test-info-%d" % os.getpid()
+    os.makedirs(root)
+    foreign = bs.map_create(bs.BPF_MAP_TYPE_ARRAY, 4, 4, 1, name="hm_foreign")
+    with veth_netns("hminfo") as pair:
+        progs = load_object(os.path.join(OBJECTS, "xdp_blocklist.bpf.o"), root, "blk")
+        prog_fd = bs.obj_get(progs["xdp_blocklist"])
+        prog_id = bs.prog_info(prog_fd)["id"]
+        netlink.xdp_attach(pair["b_if"], prog_fd, mode="generic", netns=pair["b"])
+        with netlink.in_netns(pair["a"]):
+            link_fd = bs.link_create(prog_fd, netlink.ifindex(pair["a_if"]), bs.BPF_XDP)
+        bs.obj_pin(link_fd, os.path.join(root, "blk", "link"))
+        link_id = bs.link_info(link_fd)["id"]
+        bs.close(link_fd)
+        try:
+            yield {"root": root, "pair": pair, "prog_id": prog_id, "link_id": link_id,
+                   "foreign_map_id": bs.map_info(foreign)["id"],
+                   "map_ids": bs.prog_info(prog_fd)["map_ids"]}
+        finally:
+            netlink.xdp_detach(pair["b_if"], netns=pair["b"])
+            bs.close(prog_fd)
+            shutil.rmtree(root, ignore_errors=True)
+            bs.close(foreign)
+
+
+def by_id(items):
+    return dict((i["id"], i) for i in items)
+
+
+def test_lists_what_bpftool_lists_and_flags_ours(world):
+    before = set(p["id"] for p in bpftool_json("prog", "show"))
+    r = module("ebpf_info", {"pin_root": world["root"], "netns": [world["pair"]["b"], world["pair"]["a"]]})
+    after = set(p["id"] for p in bpftool_json("prog", "show"))
+    assert not r.get("failed"), r
+    progs = by_id(r["programs"])
+    assert before & after <= set(progs), "programs bpftool lists are missing"
+    mine = progs[world["prog_id"]]
+    assert (mine["managed"], mine["managed_name"], mine["type_name"], mine["name"]) == (
+        True, "blk", "xdp", "xdp_blocklist")
+    assert mine["pin"].startswith(world["root"] + "/blk/")
+    maps = by_id(r["maps"])
+    for map_id in world["map_ids"]:
+        assert maps[map_id]["managed"] and maps[map_id]["managed_name"] == "blk"
+    assert maps[world["foreign_map_id"]]["managed"] is False
+    assert maps[world["foreign_map_id"]]["name"] == "hm_foreign"
+    links = by_id(r["links"])
+    link = links[world["link_id"]]
+    assert (link["managed"], link["managed_name"], link["type_name"], link["prog_id"]) == (
+        True, "blk", "xdp", world["prog_id"])
+    assert "blk" in r["managed_names"]
+    # every link bpftool shows is there too
+    assert set(l["id"] for l in bpftool_json("link", "show")) & set(links) >= set([world["link_id"]])
+
+    pair = world["pair"]
+    ifaces = dict(((i["netns"], i["ifname"]), i) for i in r["interfaces"])
+    b_side = ifaces[(pair["b"], pair["b_if"])]
+    assert b_side["xdp"]["prog_id"] == world["prog_id"] and b_side["xdp"]["mode"] == "generic", b_side
+    a_side = ifaces[(pair["a"], pair["a_if"])]
+    assert a_side["xdp"]["prog_id"] == world["prog_id"], a_side
+    assert (pair["b"], "lo") in ifaces and (None, "lo") in ifaces
+    assert "stats" not in r
+
+
+def test_stats_count_runs_and_turn_back_off(world):
+    sysctl = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(sysctl) as f:
+        was = f.read().strip()
+    pair = world["pair"]
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            ping(pair["a"], pair["b_ip"], 5)
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        r = module("ebpf_info", {"pin_root": world["root"], "stats": True, "stats_seconds": 2})
+    finally:
+        stop.set()
+        thread.join()
+    assert not r.get("failed"), r
+    assert r["stats"]["method"] in ("bpf_enable_stats", "sysctl", "already_enabled")
+    mine = by_id(r["programs"])[world["prog_id"]]
+    assert mine["run_cnt"] > 0 and mine["run_time_ns"] > 0, mine
+    with open(sysctl) as f:
+        assert f.read().strip() == was
+    bt = bpftool_json("prog", "show", "id", str(world["prog_id"]))
+    assert bt.get("run_cnt", 0) >= mine["run_cnt"]
+
+
+def test_unknown_netns_is_a_clear_error(world):
+    r = module("ebpf_info", {"pin_root": world["root"], "netns": ["hm-no-such-ns"]})
+    assert r.get("failed") and "hm-no-such-ns does not exist" in r["msg"], r
+
+
+def test_no_pin_root_means_nothing_managed():
+    r = module("ebpf_info", {"pin_root": "/sys/fs/bpf/hm-none-%d" % os.getpid()})
+    assert not r.get("failed"), r
+    assert r["managed_names"] == [] and not any(p["managed"] for p in r["programs"])
+    assert subprocess.call(["test", "-e", "/sys/fs/bpf/hm-none-%d" % os.getpid()]) == 1
