@@ -191,7 +191,12 @@ def xdp_features():
         name = b"netdev\0"
         attr = struct.pack("HH", 4 + len(name), _CTRL_ATTR_FAMILY_NAME) + name
         attr += b"\0" * (-len(attr) % 4)
-        replies = _genl_request(sock, _GENL_ID_CTRL, _CTRL_CMD_GETFAMILY, 0, attr, seq=1)
+        try:
+            replies = _genl_request(sock, _GENL_ID_CTRL, _CTRL_CMD_GETFAMILY, 0, attr, seq=1)
+        except OSError as exc:
+            if exc.errno == 2:
+                raise OSError(2, "the kernel has no netdev generic netlink family (kernel < 6.3)")
+            raise
         family = None
         for reply in replies:
             raw = _nl_attrs(reply).get(_CTRL_ATTR_FAMILY_ID)
@@ -261,7 +266,7 @@ def interfaces(root="/"):
         try:
             announced = xdp_features()
         except (OSError, socket.error) as exc:
-            announced_error = "netdev netlink: %s" % (getattr(exc, "strerror", None) or exc)
+            announced_error = getattr(exc, "strerror", None) or str(exc)
     result = {}
     for name in sorted(_listdir(_path(root, "sys/class/net"))):
         base = "sys/class/net/%s" % name
