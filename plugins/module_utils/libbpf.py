@@ -107,6 +107,7 @@ def _load():
         "bpf_map__map_flags": ([vp], ctypes.c_uint32),
         "bpf_map__def": ([vp], ctypes.POINTER(_MapDef)),
         "libbpf_get_error": ([vp], ctypes.c_long),
+        "libbpf_strerror": ([ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
         "libbpf_set_print": ([_PRINT_FN], vp),
     }
     if hasattr(lib, "bpf_object__next_program"):
@@ -155,16 +156,30 @@ def log_tail(lines=_TAIL_LINES):
     return "\n".join(parts[-lines:])
 
 
+def strerror(err):
+    """libbpf's text for its own error codes (4000+: "Invalid ELF format"...), else the libc one."""
+    if err >= 4000 and _lib is not None:
+        buf = ctypes.create_string_buffer(256)
+        _lib.libbpf_strerror(err, buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+    return os.strerror(err)
+
+
 def _check_ptr(lib, ptr, op):
     """Return ptr, or raise LibbpfError for NULL (1.x, errno) or an ERR_PTR (0.x)."""
     if not ptr:
         err = ctypes.get_errno() or errno_mod.EINVAL
-        raise LibbpfError("%s failed: %s" % (op, os.strerror(err)), err, op, log_tail())
+        raise LibbpfError(_with_log("%s failed: %s" % (op, strerror(err))), err, op, log_tail())
     code = lib.libbpf_get_error(ptr)
     if code:
         err = -code if code < 0 else code
-        raise LibbpfError("%s failed: %s" % (op, os.strerror(err)), err, op, log_tail())
+        raise LibbpfError(_with_log("%s failed: %s" % (op, strerror(err))), err, op, log_tail())
     return ptr
+
+
+def _with_log(msg, lines=3):
+    tail = log_tail(lines)
+    return msg + ("\nlibbpf: " + tail.replace("libbpf: ", "") if tail else "")
 
 
 def raise_memlock():
@@ -264,7 +279,7 @@ class BpfObject(object):
             if rc:
                 err = abs(rc) if rc != -1 else (ctypes.get_errno() or errno_mod.EINVAL)
                 tail = log_tail()
-                msg = "loading %s failed: %s" % (self.path, os.strerror(err))
+                msg = "loading %s failed: %s" % (self.path, strerror(err))
                 if tail:
                     msg += "\nlibbpf/verifier log (tail):\n" + tail
                 raise LibbpfError(msg, err, "load", tail)

@@ -15,7 +15,8 @@ import pytest
 
 from tests.conftest import needs_root
 from tests.integration.netns import make_veth_pair
-from test_ebpf_program_common import counter, kernel_ids, leaked, mounts, obj, ping, run
+from test_ebpf_program_common import (PREFIX, counter, kernel_ids, kname, leaked, mounts, obj, ping,
+                                      private_object, run)
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
@@ -141,7 +142,9 @@ def test_attach_type(kind, pin_root, pair, cgroup_dir):
     objname, prog, maps, attach, stimulate, in_kernel = CASES[kind]
     ctx = {"pair": pair, "cgroup": cgroup_dir}
     name = "t-%s-%d" % (kind.replace("_", "-"), os.getpid())
-    args = {"name": name, "object": obj(objname), "pin_root": pin_root}
+    # the example source built with hmt_-prefixed names: our objects stay recognisable in the kernel's lists
+    args = {"name": name, "object": private_object(objname, [prog] + maps), "pin_root": pin_root}
+    knames, kmaps = [kname(prog)], [kname(m) for m in maps]
     if attach:
         args["attach"] = attach(ctx)
     before = kernel_ids()
@@ -150,7 +153,7 @@ def test_attach_type(kind, pin_root, pair, cgroup_dir):
         r = run(args)
         assert r.get("failed") and kind in r["msg"] and os.uname().release in r["msg"], r
         assert not os.path.exists(os.path.join(pin_root, name))
-        assert not any(leaked(before, [prog], maps).values())
+        assert not any(leaked(before, knames, kmaps).values())
         pytest.skip("refused cleanly (not supported on this kernel): %s" % r["msg"][:200])
 
     runs = [run(args, check=True, diff=True), run(args, diff=True), run(args, diff=True), run(args, check=True)]
@@ -160,7 +163,7 @@ def test_attach_type(kind, pin_root, pair, cgroup_dir):
     assert r["prog_id"] in bs.iter_ids("prog")
     assert in_kernel(ctx, r), r
     assert runs[2]["prog_id"] == r["prog_id"]
-    map_path = os.path.join(pin_root, name, "maps", maps[0])
+    map_path = os.path.join(pin_root, name, "maps", PREFIX + maps[0])
     c0 = counter(map_path)
     stimulate(ctx)
     c1 = counter(map_path)
@@ -173,7 +176,7 @@ def test_attach_type(kind, pin_root, pair, cgroup_dir):
     ra = run(absent)
     assert ra["changed"] and not run(absent)["changed"]
     assert not os.path.exists(os.path.join(pin_root, name))
-    assert not any(leaked(before, [prog], maps).values())
+    assert not any(leaked(before, knames, kmaps).values())
     assert r["prog_id"] not in set(bs.iter_ids("prog"))
 
 

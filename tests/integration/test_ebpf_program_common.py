@@ -133,3 +133,34 @@ def ns_exec(netns, *cmd):
 
 def ping(from_ns, addr, count=3):
     return ns_exec(from_ns, "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", addr).returncode == 0
+
+
+# ---- private builds: the example sources with our own symbol names -----------------------------------------
+PREFIX = "hmt_"
+_BUILT = {}
+_BUILD_DIR = []
+
+
+def private_object(src, symbols):
+    """examples/<src>.bpf.c built with every name in `symbols` (programs, maps) renamed to hmt_<name>, so the
+    kernel's id lists tell our objects from those other tests load from the same examples at the same time."""
+    key = (src, tuple(symbols))
+    if key in _BUILT:
+        return _BUILT[key]
+    if not _BUILD_DIR:
+        import tempfile
+        _BUILD_DIR.append(tempfile.mkdtemp(prefix="hm-prog-objs-"))
+    out = os.path.join(_BUILD_DIR[0], "%s-%d.bpf.o" % (src, len(_BUILT)))
+    machine = os.uname().machine
+    multiarch = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}.get(machine, machine + "-linux-gnu")
+    cmd = ["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/" + multiarch]
+    cmd += ["-D%s=%s%s" % (s, PREFIX, s) for s in symbols]
+    cmd += ["-c", os.path.join(TOP, "examples", src + ".bpf.c"), "-o", out]
+    subprocess.check_call(cmd)
+    _BUILT[key] = out
+    return out
+
+
+def kname(symbol):
+    """The kernel's name for a renamed symbol (BPF_OBJ_NAME_LEN 16: 15 characters)."""
+    return (PREFIX + symbol)[:15]
