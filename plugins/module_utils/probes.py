@@ -10,6 +10,7 @@ is closed before it returns; attaching probes (raw_tracepoint, fentry) detach by
 so a probe leaves nothing behind.
 
     probe(feature)          -> {"supported": bool, "probed": bool, "reason": str, "min_kernel": "X.Y"}
+                               (+ "message": the refusal text, when not supported)
     probe_all(features=None) -> {feature: probe(feature)}
     require(feature, release=None)  raises Unsupported(refusal message) unless the feature is supported
 
@@ -495,7 +496,10 @@ def _host():
 
 
 def run_probe(feature, host):
-    """Run one probe against `host` (a _Host) without caching."""
+    """Run one probe against `host` (a _Host) without caching.
+
+    An unsupported feature also carries `message`: the collection's refusal (requirements.refusal) for it.
+    """
     if feature not in PROBES:
         raise KeyError("unknown eBPF feature %r (known: %s)" % (feature, ", ".join(FEATURES)))
     try:
@@ -503,11 +507,20 @@ def run_probe(feature, host):
             reason = PROBES[feature](host, fds)
         return _result(feature, True, reason)
     except _No as exc:
-        return _result(feature, False, str(exc))
+        result = _result(feature, False, str(exc))
     except _NotProbed as exc:
-        return _result(feature, False, "could not probe: %s" % exc, probed=False)
+        result = _result(feature, False, "could not probe: %s" % exc, probed=False)
     except (OSError, ValueError) as exc:  # an unexpected answer: report it, never guess
-        return _result(feature, False, "could not probe: %s" % exc, probed=False)
+        result = _result(feature, False, "could not probe: %s" % exc, probed=False)
+    result["message"] = refusal(feature, _safe_release(host), result["reason"])
+    return result
+
+
+def _safe_release(host):
+    try:
+        return host.release
+    except ValueError:
+        return None
 
 
 def probe(feature, refresh=False):
@@ -541,8 +554,5 @@ def require(feature, release=None):
     if result["supported"]:
         return None
     if release is None:
-        try:
-            release = _host().release
-        except ValueError:
-            release = None
+        release = _safe_release(_host())
     raise Unsupported(feature, result["reason"], refusal(feature, release, result["reason"]))

@@ -222,12 +222,19 @@ ansible_facts:
               with C(supported) (bool), C(probed) (false when the kernel could not be asked, for example
               without CAP_BPF; C(supported) is then false), C(reason) (what the probe saw) and C(min_kernel)
               (the upstream release that brought the feature, from the collection's requirements table).
+            - An unsupported feature also has C(message), the collection's refusal text (the same the modules
+              fail with) - the feature, the kernel release, the reason and what the feature needs.
           returned: when O(gather) includes C(features)
           type: dict
           sample:
-            kprobe: {supported: false, probed: true, min_kernel: "4.1",
-                     reason: "the kernel was built without kprobes (CONFIG_KPROBES is not set): no kprobe perf
-                              PMU and no tracefs kprobe_events"}
+            lsm: {supported: false, probed: true, min_kernel: "5.7",
+                  reason: "bpf is not in the active LSM list (lockdown,capability,yama,apparmor,tomoyo); boot with
+                           lsm=lockdown,capability,yama,apparmor,tomoyo,bpf",
+                  message: "lsm programs are not supported on kernel 5.10.0-32-cloud-amd64: bpf is not in the
+                            active LSM list (lockdown,capability,yama,apparmor,tomoyo); boot with
+                            lsm=lockdown,capability,yama,apparmor,tomoyo,bpf; lsm needs kernel >= 5.7 with
+                            CONFIG_BPF_LSM, CONFIG_DEBUG_INFO_BTF and bpf in the active LSM list (boot with
+                            lsm=...,bpf)"}
             tcx: {supported: true, probed: true, min_kernel: "6.6",
                   reason: BPF_PROG_QUERY with BPF_TCX_INGRESS on lo succeeds}
 """

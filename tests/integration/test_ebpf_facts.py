@@ -117,6 +117,22 @@ def test_kprobe_not_supported_because_no_kprobes(facts):
     assert result["supported"] is False and result["probed"] is True
     assert "kprobes" in result["reason"] and "CONFIG_KPROBES" in result["reason"]
     assert not os.path.exists("/sys/bus/event_source/devices/kprobe")
+    assert result["message"].startswith("kprobe programs are not supported on kernel %s: the kernel was built "
+                                        "without kprobes" % os.uname().release)
+    assert "; kprobe needs kernel >= 4.1 built with CONFIG_KPROBES" in result["message"]
+    assert all("message" not in facts["features"][name] for name in ALWAYS_HERE)
+
+
+def test_require_gates_with_the_same_refusal(facts):
+    """probes.require(), what the other modules gate with, refuses exactly what the facts call unsupported."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils import probes
+    for name, fact in facts["features"].items():
+        if fact["supported"]:
+            assert probes.require(name) is None, name
+        else:
+            with pytest.raises(probes.Unsupported) as info:
+                probes.require(name)
+            assert str(info.value) == fact["message"], name
 
 
 def test_program_and_map_types_agree_with_bpftool(facts):

@@ -73,6 +73,7 @@ def test_supported_on_debian11_and_fds_closed(tmp_path, monkeypatch, feature):
     kernel = FakeKernel(monkeypatch, link_create=errno.EBADF)
     result = run(tmp_path, fakehost.DEBIAN11, feature)
     assert result["supported"] is True and result["probed"] is True, result
+    assert "message" not in result
     assert result["min_kernel"]
     assert kernel.all_closed()
 
@@ -80,10 +81,13 @@ def test_supported_on_debian11_and_fds_closed(tmp_path, monkeypatch, feature):
 def test_lsm_refused_when_bpf_not_active(tmp_path, monkeypatch):
     kernel = FakeKernel(monkeypatch)
     result = run(tmp_path, fakehost.DEBIAN11, "lsm")
+    reason = ("bpf is not in the active LSM list (lockdown,capability,yama,apparmor,tomoyo); "
+              "boot with lsm=lockdown,capability,yama,apparmor,tomoyo,bpf")
     assert result == {
-        "supported": False, "probed": True, "min_kernel": "5.7",
-        "reason": "bpf is not in the active LSM list (lockdown,capability,yama,apparmor,tomoyo); "
-                  "boot with lsm=lockdown,capability,yama,apparmor,tomoyo,bpf"}
+        "supported": False, "probed": True, "min_kernel": "5.7", "reason": reason,
+        "message": "lsm programs are not supported on kernel 5.10.0-30-cloud-amd64: " + reason +
+                   "; lsm needs kernel >= 5.7 with CONFIG_BPF_LSM, CONFIG_DEBUG_INFO_BTF and bpf in the active "
+                   "LSM list (boot with lsm=...,bpf)"}
     assert kernel.calls == []  # decided before asking the kernel
 
 
@@ -192,8 +196,10 @@ def test_fentry_without_btf(tmp_path, monkeypatch):
 def test_eperm_without_capabilities_is_not_probed(tmp_path, monkeypatch):
     FakeKernel(monkeypatch, prog_load=errno.EPERM)
     result = run(tmp_path, fakehost.DEBIAN11, "xdp", {"proc/self/status": NO_CAPS})
-    assert result == {"supported": False, "probed": False, "min_kernel": "4.8",
-                      "reason": "could not probe: needs CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN (EPERM)"}
+    assert result["supported"] is False and result["probed"] is False and result["min_kernel"] == "4.8"
+    assert result["reason"] == "could not probe: needs CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN (EPERM)"
+    assert result["message"].startswith("xdp programs are not supported on kernel 5.10.0-30-cloud-amd64: could not "
+                                        "probe: needs CAP_BPF")
 
 
 def test_eperm_with_capabilities_is_a_kernel_refusal(tmp_path, monkeypatch):
