@@ -1,25 +1,21 @@
 """ebpf_map and ebpf_map_info on this machine's kernel, through real `ansible` runs.
 
-Setup without ebpf_program: `bpftool prog loadall` pins the example objects under a private pin root laid out
-like a managed program (`<root>/<name>/maps/<map>`), the XDP program is attached in generic mode inside a
-network namespace this test creates, and traffic is a ping across a veth pair between two such namespaces.
+Setup: ebpf_program loads the example objects as managed programs under a private pin root (maps at
+`<root>/<name>/maps/<map>`), the XDP blocklist attached in generic mode on the b side of a veth pair between two
+network namespaces this test creates; traffic is a ping from the a side.
 """
-import json
 import os
 import shutil
-import subprocess
 import time
 
 import pytest
 
 from tests.conftest import needs_root
-from test_ebpf_map_common import (OBJECTS, bpftool_dump, bpftool_json, module, ping, veth_netns,
-                                           load_object)
+from test_ebpf_map_common import bpftool_dump, bpftool_json, drop_program, module, ping, program, veth_netns
 
 pytestmark = needs_root
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs  # noqa: E402
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +28,17 @@ def pin_root():
 
 @pytest.fixture(scope="module")
 def pair():
-    with veth_netns("hmmap") as p:
+    with veth_netns() as p:
         yield p
 
 
 @pytest.fixture(scope="module")
 def blocklist(pin_root, pair):
     """xdp_blocklist loaded, maps pinned at <pin_root>/blocklist/maps/, attached (generic) on the b side."""
-    progs = load_object(os.path.join(OBJECTS, "xdp_blocklist.bpf.o"), pin_root, "blocklist")
-    fd = bs.obj_get(progs["xdp_blocklist"])
-    try:
-        netlink.xdp_attach(pair["b_if"], fd, mode="generic", netns=pair["b"])
-    finally:
-        bs.close(fd)
+    program(pin_root, "blocklist", "xdp_blocklist.bpf.o",
+            attach={"xdp": {"interface": pair["b_if"], "netns": pair["b"], "mode": "generic"}})
     yield {"maps": os.path.join(pin_root, "blocklist", "maps"), "name": "blocklist", "pin_root": pin_root}
-    netlink.xdp_detach(pair["b_if"], netns=pair["b"])
+    drop_program(pin_root, "blocklist")
 
 
 def dropped_sum(blocklist_maps):
@@ -110,7 +102,7 @@ def test_percpu_sums_equal_bpftool(blocklist, pair):
 
 def test_percpu_struct_write_and_sum(pin_root, pair):
     """xdp_counter's struct counters: a value written through BTF lands on every CPU; sums equal bpftool's."""
-    load_object(os.path.join(OBJECTS, "xdp_counter.bpf.o"), pin_root, "counter")
+    program(pin_root, "counter", "xdp_counter.bpf.o", state="loaded")
     path = os.path.join(pin_root, "counter", "maps", "xdp_stats")
     r = module("ebpf_map", {"path": path, "entries": [{"key": 0, "value": {"packets": 5, "bytes": 700}}]})
     assert r.get("changed") is True, r
@@ -121,6 +113,7 @@ def test_percpu_struct_write_and_sum(pin_root, pair):
     assert ours["entries"][0]["values"] == [v["value"] for v in theirs[0]["values"]]
     bad = module("ebpf_map", {"path": path, "entries": [{"key": 0, "value": {"packets": 1, "octets": 2}}]})
     assert bad.get("failed") and "octets" in bad["msg"] and "packets, bytes" in bad["msg"], bad
+    drop_program(pin_root, "counter")
 
 
 def test_exact_removes_the_rest(pin_root):

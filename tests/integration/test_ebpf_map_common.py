@@ -3,8 +3,10 @@
 - module(): tests/conftest.py's ansible_module(); when the `json` stdout callback cannot be loaded (it lives in
   ansible.posix, which ansible-core alone lacks) the same ad-hoc run goes through the `minimal` callback and its
   `host | STATUS => {json}` line is parsed instead (that output drops `diff`).
-- veth_netns(): two network namespaces joined by a veth pair, 10.199.N.1/24 <-> 10.199.N.2/24, removed after.
-- load_object(): `bpftool prog loadall` with maps pinned like a managed program's (<root>/<name>/maps/<map>).
+- veth_netns(): tests/integration/netns.py's veth pair between two namespaces, as a dict.
+- program() / drop_program(): an example object as a managed program through ebpf_program (maps pinned at
+  <pin_root>/<name>/maps/<map>).
+- load_object(): `bpftool prog loadall` with maps pinned the same way, for setups without ebpf_program.
 """
 import contextlib
 import json
@@ -13,6 +15,8 @@ import subprocess
 import sys
 
 from tests.conftest import TOP, COLLECTIONS, ansible_module
+from tests.integration.netns import make_veth_pair
+from tests.integration.netns import ping as netns_ping
 
 OBJECTS = os.path.join(TOP, "examples", "objects")
 
@@ -66,30 +70,28 @@ def bpftool_dump(path):
 
 
 def ping(netns, address, count=3):
-    proc = subprocess.run(["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", str(count), "-i", "0.2",
-                           "-W", "1", address], capture_output=True)
-    return proc.returncode == 0
+    """True when at least one of `count` pings is answered."""
+    return netns_ping(netns, address, count=count)
 
 
 @contextlib.contextmanager
-def veth_netns(prefix):
-    pid = os.getpid()
-    a, b = "%s-a-%d" % (prefix, pid), "%s-b-%d" % (prefix, pid)
-    a_if, b_if = "hva%d" % (pid % 100000), "hvb%d" % (pid % 100000)
-    net = "10.199.%d" % (200 + pid % 50)
-    subprocess.check_call(["ip", "netns", "add", a])
-    try:
-        subprocess.check_call(["ip", "netns", "add", b])
-        for cmd in (["ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns", b],
-                    ["ip", "-n", a, "addr", "add", net + ".1/24", "dev", a_if],
-                    ["ip", "-n", b, "addr", "add", net + ".2/24", "dev", b_if],
-                    ["ip", "-n", a, "link", "set", "lo", "up"], ["ip", "-n", b, "link", "set", "lo", "up"],
-                    ["ip", "-n", a, "link", "set", a_if, "up"], ["ip", "-n", b, "link", "set", b_if, "up"]):
-            subprocess.check_call(cmd)
-        yield {"a": a, "b": b, "a_if": a_if, "b_if": b_if, "a_ip": net + ".1", "b_ip": net + ".2"}
-    finally:
-        subprocess.call(["ip", "netns", "del", a])
-        subprocess.call(["ip", "netns", "del", b], stderr=subprocess.DEVNULL)
+def veth_netns():
+    """tests/integration/netns.py's pair, as a dict: a, b (namespaces), a_if, b_if, a_ip, b_ip."""
+    with make_veth_pair() as p:
+        yield {"a": p.ns_a, "b": p.ns_b, "a_if": p.if_a, "b_if": p.if_b, "a_ip": p.addr_a, "b_ip": p.addr_b}
+
+
+def program(pin_root, name, obj, **extra):
+    """Load (and attach, given attach=...) an example object as managed program `name` through ebpf_program."""
+    args = dict(extra, name=name, object=os.path.join(OBJECTS, obj), pin_root=pin_root)
+    r = module("ebpf_program", args)
+    assert not r.get("failed"), r
+    return r
+
+
+def drop_program(pin_root, name):
+    r = module("ebpf_program", {"name": name, "state": "absent", "pin_root": pin_root})
+    assert not r.get("failed"), r
 
 
 def load_object(obj, pin_root, name):
