@@ -4,6 +4,7 @@ Every assertion is checked against a second, independent source: `uname -r`, sys
 `bpftool feature probe` (libbpf's probes), bpftool loading the collection's example objects, `ip -j link`.
 The machine (see /work/shared/KERNELS.md): kernel 6.18 without kprobes, bpf in the active LSM list.
 """
+import glob
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ ALWAYS_HERE = ["xdp", "tc", "tracepoint", "raw_tracepoint", "tcx", "cgroup", "bp
                "btf", "bpf_stats"]
 
 
-def run_facts(args=None, check=False, prefix=None):
+def run_facts(args=None, check=False, prefix=None, python=None):
     """Run hypermesh.ebpf.ebpf_facts on localhost; return (result dict, stderr).
 
     Uses the core `minimal` stdout callback (the `json` one needs ansible.posix) and parses its
@@ -31,7 +32,7 @@ def run_facts(args=None, check=False, prefix=None):
     """
     cmd = list(prefix or []) + [
         os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-c", "local", "-i", "localhost,",
-        "-m", "hypermesh.ebpf.ebpf_facts", "-e", "ansible_python_interpreter=" + sys.executable]
+        "-m", "hypermesh.ebpf.ebpf_facts", "-e", "ansible_python_interpreter=" + (python or sys.executable)]
     if args:
         cmd += ["-a", json.dumps(args)]
     if check:
@@ -194,6 +195,20 @@ def test_probes_leave_nothing_behind_after_the_module():
         time.sleep(0.2)
         left &= _probe_objects()
     assert left == set(), "probe objects still held by the kernel: %s" % sorted(left)
+
+
+def test_runs_on_the_oldest_guest_python(facts):
+    """Debian 11 guests run modules with Python 3.9: same facts from a 3.9 interpreter when one is at hand."""
+    found = sorted(glob.glob("/root/.pyenv/versions/3.9*/bin/python3.9")) + \
+        [p for p in ("/usr/bin/python3.9",) if os.path.exists(p)]
+    if not found:
+        pytest.skip("no Python 3.9 interpreter on this machine")
+    result, _ = run_facts({"gather": ["kernel", "features"]}, python=found[0])
+    assert result["_status"] == "SUCCESS", result
+    ebpf = result["ansible_facts"]["ebpf"]
+    assert ebpf["kernel"]["release"] == facts["kernel"]["release"]
+    assert dict((k, v["supported"]) for k, v in ebpf["features"].items()) == \
+        dict((k, v["supported"]) for k, v in facts["features"].items())
 
 
 def test_check_mode_reports_the_same(facts):
