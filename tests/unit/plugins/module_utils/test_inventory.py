@@ -1,0 +1,106 @@
+"""inventory: managed flags from the pin tree, stats on/off by either method, objects vanishing while listed."""
+import errno
+import os
+
+import pytest
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import inventory as inv
+
+
+@pytest.fixture
+def sysctl(tmp_path, monkeypatch):
+    path = tmp_path / "bpf_stats_enabled"
+    path.write_text("0\n")
+    monkeypatch.setattr(inv, "STATS_SYSCTL", str(path))
+    return path
+
+
+def test_stats_through_bpf_enable_stats(sysctl, monkeypatch):
+    opened = []
+
+    def enable_stats():
+        fd = os.open(os.devnull, os.O_RDONLY)
+        opened.append(fd)
+        return fd
+    monkeypatch.setattr(bs, "enable_stats", enable_stats)
+    with inv.run_stats() as how:
+        assert how == {"method": "bpf_enable_stats", "seconds": 0}
+        os.fstat(opened[0])                    # held open while reading
+    with pytest.raises(OSError):
+        os.fstat(opened[0])                    # closed after
+    assert sysctl.read_text().strip() == "0"
+
+
+def test_stats_fall_back_to_the_sysctl_and_put_it_back(sysctl, monkeypatch):
+    def enable_stats():
+        raise bs.BpfError(errno.EINVAL, "BPF_ENABLE_STATS")
+    monkeypatch.setattr(bs, "enable_stats", enable_stats)
+    with inv.run_stats() as how:
+        assert how["method"] == "sysctl"
+        assert sysctl.read_text().strip() == "1"
+    assert sysctl.read_text().strip() == "0"
+
+
+def test_stats_put_back_even_on_error(sysctl, monkeypatch):
+    monkeypatch.setattr(bs, "enable_stats", lambda: (_ for _ in ()).throw(OSError(errno.EINVAL, "no")))
+    with pytest.raises(RuntimeError):
+        with inv.run_stats():
+            raise RuntimeError("boom")
+    assert sysctl.read_text().strip() == "0"
+
+
+def test_stats_already_on_are_left_alone(sysctl, monkeypatch):
+    sysctl.write_text("1\n")
+    monkeypatch.setattr(bs, "enable_stats", lambda: pytest.fail("must not be called"))
+    with inv.run_stats() as how:
+        assert how["method"] == "already_enabled"
+    assert sysctl.read_text().strip() == "1"
+
+
+def test_managed_index_names_and_kinds(tmp_path, monkeypatch):
+    """Kinds come from the pinned fd (fdinfo), names from the first directory under the pin root."""
+    layout = {"blk/prog": ("prog", 10), "blk/maps/blocklist": ("map", 20), "blk/maps/verdicts": ("map", 21),
+              "tcxc/link": ("link", 30), "tcxc/prog": ("prog", 11), "_shared/events": ("map", 22),
+              "junk/notbpf": (None, 0)}
+    for rel in layout:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("")
+    fds = {}
+
+    def obj_get(path, flags=0):
+        fd = os.open(path, os.O_RDONLY)
+        fds[fd] = os.path.relpath(path, str(tmp_path))
+        return fd
+    monkeypatch.setattr(bs, "obj_get", obj_get)
+    monkeypatch.setattr(inv, "_pinned_kind", lambda fd: layout[fds[fd]][0])
+    info = lambda fd: {"id": layout[fds[fd]][1]}  # noqa: E731
+    monkeypatch.setattr(inv, "_INFO", {"prog": info, "map": info, "link": info})
+    index = inv.managed_index(str(tmp_path))
+    assert dict((key, val["name"]) for key, val in index.items()) == {
+        ("prog", 10): "blk", ("map", 20): "blk", ("map", 21): "blk", ("link", 30): "tcxc", ("prog", 11): "tcxc",
+        ("map", 22): "_shared"}
+    assert index[("link", 30)]["pin"] == str(tmp_path / "tcxc" / "link")
+
+
+def test_managed_index_without_pin_root():
+    assert inv.managed_index("/nonexistent/pin/root") == {}
+
+
+def test_flag_managed():
+    objs = inv.flag_managed([{"id": 1}, {"id": 2}], "prog", {("prog", 2): {"name": "x", "pin": "/p"}})
+    assert objs == [{"id": 1, "managed": False, "managed_name": None, "pin": None},
+                    {"id": 2, "managed": True, "managed_name": "x", "pin": "/p"}]
+
+
+def test_objects_that_vanish_are_skipped(monkeypatch):
+    monkeypatch.setattr(bs, "iter_ids", lambda kind: iter([1, 2, 3]))
+
+    def get_fd(kind, obj_id):
+        if obj_id == 2:
+            raise bs.BpfError(errno.ENOENT, "BPF_PROG_GET_FD_BY_ID")
+        return os.open(os.devnull, os.O_RDONLY)
+    monkeypatch.setattr(bs, "get_fd_by_id", get_fd)
+    monkeypatch.setattr(inv, "_INFO", {"prog": lambda fd: {"id": fd}})
+    assert len(inv.programs()) == 2
