@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -27,24 +28,35 @@ def ansible_module(module, args=None, check=False, diff=False, env=None):
         cmd.append("--check")
     if diff:
         cmd.append("--diff")
+    tree = tempfile.mkdtemp(prefix="hm-ansible-tree-")
     full_env = dict(os.environ)
     full_env.update({
         "ANSIBLE_CONFIG": os.path.join(TOP, "ansible.cfg"),
         "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
         "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-        "ANSIBLE_STDOUT_CALLBACK": "json",
+        # ansible-core's own `tree` callback writes each host's result as JSON: no extra collection needed
+        "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.tree",
+        "ANSIBLE_CALLBACK_TREE_DIR": tree,
         "ANSIBLE_NOCOLOR": "1",
         "LANG": "C",
     })
     if env:
         full_env.update(env)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=TOP)
+    path = os.path.join(tree, "localhost")
     try:
-        doc = json.loads(proc.stdout)
-        return doc["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    except (ValueError, KeyError, IndexError):
+        with open(path) as f:
+            result = json.load(f)
+    except (OSError, ValueError):
         raise AssertionError("ansible produced no result (rc=%d)\nstdout:\n%s\nstderr:\n%s"
                              % (proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+        os.rmdir(tree)
+    # the tree callback leaves out the `failed` flag; ansible's exit code carries it
+    result.setdefault("failed", proc.returncode != 0)
+    return result
 
 
 @pytest.fixture
