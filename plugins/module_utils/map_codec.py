@@ -377,6 +377,23 @@ class Codec(object):
                 fmt = "hex"
         self.fmt = fmt
         self.decode = self._decoder()
+        self._unpack = self._struct_format()
+
+    def _struct_format(self):
+        """A struct format reading this side as a whole-byte integer, for decode_many; None otherwise."""
+        letters = {1: "b", 2: "h", 4: "i", 8: "q"}
+        if self.size not in letters:
+            return None
+        if self.fmt == "int":
+            signed = False
+        elif self.fmt == "btf":
+            signed = self.btf_codec.plain_signed_int()
+            if signed is None:
+                return None
+        else:
+            return None
+        letter = letters[self.size]
+        return "=" + (letter if signed else letter.upper())
 
     def _decoder(self):
         """The fastest decode for this format (maps of 65,536 entries are decoded entry by entry)."""
@@ -396,6 +413,15 @@ class Codec(object):
         if self.fmt == "mac":
             return decode_mac
         return decode_string
+
+    def decode_many(self, blob, count, stride=None):
+        """Decode `count` items laid out every `stride` bytes (default: the size) in one bytes blob."""
+        size = self.size
+        stride = stride or size
+        if stride == size and self._unpack:
+            return [v[0] for v in struct.iter_unpack(self._unpack, blob[:count * size])]
+        decode = self.decode
+        return [decode(blob[i * stride:i * stride + size]) for i in range(count)]
 
     def encode(self, value, label=None):
         what = label or self.what

@@ -189,33 +189,41 @@ class PinnedMap(object):
 
     def read_all(self):
         """Every (key bytes, value buffer bytes) in the map."""
+        keys, values, count = self.read_columns()
+        ks, vs = self.key_size, self.buf_size
+        return [(keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs]) for i in range(count)]
+
+    def read_columns(self):
+        """The whole map as (all keys back to back, all value buffers back to back, entry count)."""
         try:
-            items = self._read_batch()
+            columns = self._read_batch()
             self.read_method = "batch"
-            return items
+            return columns
         except bs.BpfError as e:
             if e.errno not in (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPERM):
                 raise
         self.read_method = "next_key"
-        return self._read_next_key()
+        items = self._read_next_key()
+        return b"".join(k for k, _v in items), b"".join(v for _k, v in items), len(items)
 
     def _read_batch(self):
         count = max(1, min(self.max_entries, BATCH_BYTES // (self.key_size + self.buf_size)))
-        items = []
+        keys, values, total = [], [], 0
         in_batch = None
         while True:
             try:
-                keys, values, got, out_batch, done = _lookup_batch(
+                kblob, vblob, got, out_batch, done = _lookup_batch(
                     self.fd, self.key_size, self.buf_size, count, in_batch)
             except bs.BpfError as e:
                 if e.errno == errno.ENOSPC and count < self.max_entries * 2:
                     count *= 2  # a hash bucket bigger than the batch: the kernel wants more room
                     continue
                 raise
-            ks, vs = self.key_size, self.buf_size
-            items.extend((keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs]) for i in range(got))
+            keys.append(kblob)
+            values.append(vblob)
+            total += got
             if done:
-                return items
+                return b"".join(keys), b"".join(values), total
             in_batch = out_batch
 
     def _read_next_key(self):
@@ -350,23 +358,25 @@ def read_entries(pm, key_format="auto", value_format="auto", keys=None):
     kcodec = pm.key_codec(key_format)
     vcodec = pm.value_codec(value_format)
     if keys is None:
-        items = pm.read_all()
+        kblob, vblob, count = pm.read_columns()
     else:
-        items = []
+        found = []
         for i, key in enumerate(keys):
             raw = kcodec.encode(key, "keys[%d]" % i)
             buf = pm.lookup(raw)
             if buf is not None:
-                items.append((raw, buf))
+                found.append((raw, buf))
         pm.read_method = "lookup"
+        kblob, vblob, count = b"".join(k for k, _v in found), b"".join(v for _k, v in found), len(found)
+    decoded_keys = kcodec.decode_many(kblob, count)
+    if not pm.percpu:
+        return [{"key": k, "value": v} for k, v in zip(decoded_keys, vcodec.decode_many(vblob, count))]
     entries = []
-    if pm.percpu:
-        for k, v in items:
-            values = [vcodec.decode(c) for c in pm.cpu_values(v)]
-            entries.append({"key": kcodec.decode(k), "values": values, "value": map_codec.sum_values(values)})
-    else:
-        kdec, vdec = kcodec.decode, vcodec.decode
-        entries = [{"key": kdec(k), "value": vdec(v)} for k, v in items]
+    stride = map_codec.percpu_stride(pm.value_size)
+    per_cpu = vcodec.decode_many(vblob, count * pm.ncpus, stride)
+    for i, key in enumerate(decoded_keys):
+        values = per_cpu[i * pm.ncpus:(i + 1) * pm.ncpus]
+        entries.append({"key": key, "values": values, "value": map_codec.sum_values(values)})
     return entries
 
 

@@ -232,3 +232,16 @@ def test_percpu_layout():
 ])
 def test_sum_values(values, want):
     assert mc.sum_values(values) == want
+
+
+def test_decode_many_matches_decode():
+    t = sample_btf()
+    cases = [(mc.Codec("int", 8), 8), (mc.Codec("auto", 4, t, 2), 4), (mc.Codec("ipv4", 4), 4),
+             (mc.Codec("auto", 8, t, 7), 8), (mc.Codec("hex", 3), 3)]
+    for codec, size in cases:
+        blob = bytes(range(7, 7 + size * 5))
+        want = [codec.decode(blob[i * size:(i + 1) * size]) for i in range(5)]
+        assert codec.decode_many(blob, 5) == want
+    # per-CPU layout: items 8 bytes apart, 4 bytes each
+    codec = mc.Codec("auto", 4, t, 2)
+    assert codec.decode_many(b"\xff\xff\xff\xff\0\0\0\0\x02\0\0\0\0\0\0\0", 2, 8) == [-1, 2]
