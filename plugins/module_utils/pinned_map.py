@@ -39,16 +39,25 @@ class MapError(Exception):
 
 
 def map_path(path=None, name=None, map_name=None, pin_root=DEFAULT_PIN_ROOT):
-    """The pinned path of a map: `path` as given, else the program NAME's map (or the shared one)."""
+    """The pinned path of a map: `path` as given, else the program NAME's map (or the shared one).
+
+    Raises MapError naming what is there when the program or its map cannot be found."""
     if path:
         return path
     if not (name and map_name):
         raise MapError("give either path, or name (an ebpf_program's name) and map")
     own = os.path.join(pin_root, name, "maps", map_name)
     shared = os.path.join(pin_root, "_shared", map_name)
-    if os.path.exists(own) or not os.path.exists(shared):
+    if os.path.exists(own):
         return own
-    return shared
+    if os.path.exists(shared):
+        return shared
+    if not os.path.isdir(os.path.join(pin_root, name)):
+        raise MapError("no program named %s is managed under %s (no pinned map at %s)" % (name, pin_root, own))
+    maps_dir = os.path.join(pin_root, name, "maps")
+    have = sorted(os.listdir(maps_dir)) if os.path.isdir(maps_dir) else []
+    raise MapError("program %s has no map %s (no pinned map at %s); its maps: %s"
+                   % (name, map_name, own, ", ".join(have) or "none"))
 
 
 def _fdinfo(fd):

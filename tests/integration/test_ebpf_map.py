@@ -188,7 +188,7 @@ def test_unknown_map(pin_root):
     assert r.get("failed") and "no pinned map at" in r["msg"], r
     r = module("ebpf_map", {"name": "nope", "map": "blocklist", "pin_root": pin_root,
                             "entries": [{"key": "00", "value": "00"}]})
-    assert r.get("failed") and os.path.join(pin_root, "nope", "maps", "blocklist") in r["msg"], r
+    assert r.get("failed") and "no program named nope is managed under " + pin_root in r["msg"], r
     r = module("ebpf_map_info", {"path": os.path.join(pin_root, "nope")})
     assert r.get("failed") and "no pinned map at" in r["msg"], r
 

@@ -185,12 +185,17 @@ def test_array_index_checked_before_writing(fake):
         pm.check_key(k(4), "4")
 
 
-@pytest.mark.parametrize("kw,want", [
-    ({"path": "/x/y"}, "/x/y"),
-    ({"name": "blk", "map_name": "blocklist", "pin_root": "/nonexistent"}, "/nonexistent/blk/maps/blocklist"),
-])
-def test_map_path(kw, want):
-    assert pmod.map_path(**kw) == want
+def test_map_path(tmp_path):
+    assert pmod.map_path(path="/x/y") == "/x/y"
+    (tmp_path / "blk" / "maps").mkdir(parents=True)
+    (tmp_path / "blk" / "maps" / "blocklist").write_text("")
+    (tmp_path / "blk" / "maps" / "verdicts").write_text("")
+    root = str(tmp_path)
+    assert pmod.map_path(name="blk", map_name="blocklist", pin_root=root) == root + "/blk/maps/blocklist"
+    with pytest.raises(pmod.MapError, match="program blk has no map nope .*; its maps: blocklist, verdicts"):
+        pmod.map_path(name="blk", map_name="nope", pin_root=root)
+    with pytest.raises(pmod.MapError, match="no program named other is managed under " + root):
+        pmod.map_path(name="other", map_name="blocklist", pin_root=root)
 
 
 def test_map_path_falls_back_to_shared(tmp_path):
