@@ -243,3 +243,48 @@ def test_array_index_out_of_range(pin_root):
     gone = {"path": path, "key_format": "int", "state": "absent", "entries": [{"key": 1}]}
     assert module("ebpf_map", gone)["changed"]
     assert not module("ebpf_map", gone)["changed"]
+
+
+def test_map_without_batch_lookup_reads_with_next_key(pin_root):
+    """DEVMAP_HASH has no BPF_MAP_LOOKUP_BATCH (ENOTSUPP): the read falls back to GET_NEXT_KEY and says so."""
+    fd = bs.map_create(25, 4, 4, 16, name="hm_devmap")   # BPF_MAP_TYPE_DEVMAP_HASH, value: an ifindex
+    path = os.path.join(pin_root, "devmap")
+    bs.obj_pin(fd, path)
+    bs.close(fd)
+    lo = 1
+    entries = [{"key": 1, "value": lo}, {"key": 7, "value": lo}]
+    args = {"path": path, "key_format": "int", "value_format": "int", "entries": entries}
+    assert module("ebpf_map", args)["changed"]
+    assert not module("ebpf_map", args)["changed"]
+    r = module("ebpf_map_info", {"path": path, "key_format": "int", "value_format": "int"})
+    assert r["read_method"] == "next_key", r
+    assert sorted((e["key"], e["value"]) for e in r["entries"]) == [(1, lo), (7, lo)]
+    assert len(bpftool_json("map", "dump", "pinned", path)) == 2
+    r = module("ebpf_map", dict(args, exact=True, entries=entries[:1]))
+    assert r["changed"] and r["removed"] == ["7"], r
+
+
+def test_percpu_hash_value_on_every_cpu(pin_root):
+    fd = bs.map_create(bs.BPF_MAP_TYPE_PERCPU_HASH, 4, 4, 8, name="hm_pcpu")
+    path = os.path.join(pin_root, "pcpu")
+    bs.obj_pin(fd, path)
+    bs.close(fd)
+    args = {"path": path, "key_format": "int", "value_format": "int", "entries": [{"key": 3, "value": 7}]}
+    assert module("ebpf_map", args)["changed"]
+    assert not module("ebpf_map", args)["changed"]
+    theirs = bpftool_json("map", "dump", "pinned", path)
+    ncpu = bs.possible_cpus()
+    assert [v["value"] for v in theirs[0]["values"]] == [["0x07", "0x00", "0x00", "0x00"]] * ncpu
+    r = module("ebpf_map_info", {"path": path, "key_format": "int", "value_format": "int"})
+    assert r["entries"] == [{"key": 3, "values": [7] * ncpu, "value": 7 * ncpu}]
+    # one CPU differing makes the entry differ: the next run writes it again
+    fd = bs.obj_get(path)
+    stride = 8
+    buf = bytearray(bs.map_lookup(fd, (3).to_bytes(4, "little"), stride * ncpu))
+    buf[0] = 9
+    bs.map_update(fd, (3).to_bytes(4, "little"), bytes(buf))
+    bs.close(fd)
+    r = module("ebpf_map", args, diff=True)
+    assert r["changed"] and r["updated"] == ["3"], r
+    if "diff" in r:
+        assert r["diff"]["before"]["entries"]["3"] == [9] + [7] * (ncpu - 1)
