@@ -212,3 +212,16 @@ def test_map_path_needs_a_way_to_find_the_map():
 def test_open_missing_pin():
     with pytest.raises(pmod.MapError, match="no pinned map at /nonexistent/m"):
         pmod.PinnedMap("/nonexistent/m")
+
+
+def test_read_entries_percpu_values_and_sum(fake):
+    pm, m = fake()
+    pm.percpu, pm.ncpus, pm.value_size, pm.buf_size = True, 3, 4, 24
+    m.data = {k(1): b"".join(n.to_bytes(4, "little") + b"\0" * 4 for n in (1, 2, 3)),
+              k(2): b"".join(n.to_bytes(4, "little") + b"\0" * 4 for n in (0, 0, 5))}
+    entries = pmod.read_entries(pm, "int", "int")
+    assert entries == [{"key": 1, "values": [1, 2, 3], "value": 6}, {"key": 2, "values": [0, 0, 5], "value": 5}]
+    assert pm.read_method == "next_key"
+    assert pmod.read_entries(pm, "int", "hex", keys=[2, 9]) == [
+        {"key": 2, "values": ["00000000", "00000000", "05000000"], "value": None}]
+    assert pm.read_method == "lookup"
