@@ -7,10 +7,13 @@
   NAME's maps live at `<pin_root>/<NAME>/maps/<map>`, maps pinned by name (LIBBPF_PIN_BY_NAME) at
   `<pin_root>/_shared/<map>`.
 - `PinnedMap(path, write=False)`: the open map (fd, info, BTF, per-CPU layout, frozen flag) with
-  `read_all()` (BPF_MAP_LOOKUP_BATCH where the kernel has it, 5.6+, else GET_NEXT_KEY + LOOKUP),
-  `lookup()`, `plan()` and `apply()`.
-- `apply()` writes in order (deletes first, then updates) and keeps an undo log; when the kernel refuses
-  one write (map full, ...) it puts every key already touched back the way it was and raises MapError.
+  `read_all()` / `read_columns()` (BPF_MAP_LOOKUP_BATCH where the kernel and map type have it, 5.6+, else
+  GET_NEXT_KEY + LOOKUP; `read_method` says which), `lookup()` and `apply()`.
+- `plan(pm, entries, state, exact)`: what must be deleted and written, with before/after for the diff.
+- `PinnedMap.apply()` writes in order (deletes first, then updates, batched where possible) and keeps an undo
+  log; when the kernel refuses one write (map full, ...) it puts every key already touched back the way it
+  was and raises MapError.
+- `read_entries(pm, key_format, value_format, keys=None)`: decoded entries for ebpf_map_info.
 Keys and values here are bytes; map_codec turns user input into them.
 """
 
@@ -30,7 +33,6 @@ DEFAULT_PIN_ROOT = "/sys/fs/bpf/hypermesh"
 ENOTSUPP = 524  # kernel-internal "not supported" that bpf() lets through
 BATCH_BYTES = 32 * 1024 * 1024  # at most this much key+value buffer per BPF_MAP_LOOKUP_BATCH
 F_RDONLY = getattr(bs, "BPF_F_RDONLY", 1 << 3)
-F_RDONLY_PROG = getattr(bs, "BPF_F_RDONLY_PROG", 1 << 7)
 ARRAY_TYPES = ("array", "percpu_array", "prog_array", "perf_event_array", "cgroup_array", "array_of_maps")
 
 
