@@ -19,7 +19,6 @@ a load failure raises LibbpfError whose `.log_tail` carries the tail of the veri
 Importable without ansible.
 """
 import ctypes
-import ctypes.util
 import errno as errno_mod
 import os
 import resource
@@ -81,7 +80,7 @@ def _load():
     if lib is None:
         raise LibbpfError("libbpf is not installed on this host (looked for %s); install libbpf1 or libbpf0"
                           % ", ".join(LIBBPF_NAMES), errno_mod.ENOENT, "dlopen")
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    _libc = ctypes.CDLL(None, use_errno=True)  # the libc already loaded (find_library forks ldconfig)
     _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
     _libc.vsnprintf.restype = ctypes.c_int
 

@@ -7,7 +7,6 @@ raw_tracepoint and perf (tracepoint/kprobe) attachments are bpf links that the c
 the process. A spec is the dict from program_spec.normalize(). Importable without ansible.
 """
 import ctypes
-import ctypes.util
 import os
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
@@ -28,6 +27,15 @@ class AttachError(Exception):
     pass
 
 
+def _rtnl_link(spec):
+    """Fast read-only look at the interface (no pyroute2): {"ifindex", "xdp_prog_id", "xdp_mode"}."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_rtnl
+    try:
+        return program_rtnl.link(spec["interface"], spec.get("netns"))
+    except program_rtnl.RtnlError as e:
+        raise AttachError(str(e))
+
+
 def _netlink():
     from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
     return netlink
@@ -43,7 +51,7 @@ def _tcx_attach_type(spec):
 
 
 def _is_cgroup2(path):
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # the libc already loaded (find_library forks ldconfig)
     buf = ctypes.create_string_buffer(256)
     if libc.statfs(path.encode(), buf) != 0:
         return False
@@ -68,7 +76,7 @@ def check_target(spec):
     """Raise a clear error when the attach target does not exist; change nothing."""
     kind = spec["type"]
     if kind in ("xdp", "tc", "tcx"):
-        _netlink().ifindex(spec["interface"], spec.get("netns"))
+        _rtnl_link(spec)
     elif kind == "tracepoint":
         from ansible_collections.hypermesh.ebpf.plugins.module_utils import perf
         perf.tracepoint_id(spec["target"])
@@ -81,7 +89,7 @@ def slot_holder(spec):
     """XDP/tc: the prog id occupying the slot we want (0 when free). Link kinds share their hook: None."""
     kind = spec["type"]
     if kind == "xdp":
-        return _netlink().xdp_query(spec["interface"], spec.get("netns"))["prog_id"] or 0
+        return _rtnl_link(spec)["xdp_prog_id"] or 0
     if kind == "tc":
         for f in _netlink().tc_query(spec["interface"], spec["direction"], spec.get("netns")):
             if f.get("priority") == spec["priority"] and f.get("handle") in (TC_HANDLE, None):
@@ -107,8 +115,8 @@ def link_matches(spec, link):
         return link.get("cgroup_id") == ino and link.get("attach_type") == _cgroup_attach_type(spec)
     if kind == "tcx":
         try:
-            ifindex = _netlink().ifindex(spec["interface"], spec.get("netns"))
-        except Exception:
+            ifindex = _rtnl_link(spec)["ifindex"]
+        except AttachError:
             return False
         return link.get("ifindex") == ifindex and link.get("attach_type") == _tcx_attach_type(spec)
     return True  # perf links: the kernel does not report the tracepoint; the record names it
@@ -126,25 +134,28 @@ def is_attached(spec, prog_id, link):
         except Exception:
             return False
         if kind == "xdp" and spec.get("mode", "auto") != "auto":
-            return _netlink().xdp_query(spec["interface"], spec.get("netns")).get("mode") == spec["mode"]
+            return _rtnl_link(spec)["xdp_mode"] == spec["mode"]
         return True
     return bool(link) and link.get("prog_id") == prog_id and link_matches(spec, link)
 
 
 def attach_netlink(spec, prog_fd, replace_prog_id, name):
     """Attach through netlink, replacing replace_prog_id atomically when given."""
-    nl = _netlink()
     if spec["type"] == "xdp":
-        nl.xdp_attach(spec["interface"], prog_fd, mode=spec.get("mode", "auto"), netns=spec.get("netns"),
-                      replace_prog_id=replace_prog_id or None)
+        from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_rtnl
+        try:
+            program_rtnl.xdp_attach(spec["interface"], prog_fd, mode=spec.get("mode", "auto"),
+                                    netns=spec.get("netns"), replace_prog_id=replace_prog_id or None,
+                                    get_fd=lambda i: bs.get_fd_by_id("prog", i), close=bs.close)
+        except program_rtnl.RtnlError as e:
+            raise AttachError(str(e))
     else:
-        nl.tc_attach(spec["interface"], spec["direction"], prog_fd, priority=spec["priority"], handle=TC_HANDLE,
+        _netlink().tc_attach(spec["interface"], spec["direction"], prog_fd, priority=spec["priority"], handle=TC_HANDLE,
                      name=name, netns=spec.get("netns"))
 
 
 def detach_netlink(spec, expected_prog_ids):
     """Remove our XDP/tc attachment at spec if the slot still holds one of expected_prog_ids."""
-    nl = _netlink()
     try:
         holder = slot_holder(spec)
     except Exception:
@@ -152,9 +163,14 @@ def detach_netlink(spec, expected_prog_ids):
     if not holder or holder not in expected_prog_ids:
         return False
     if spec["type"] == "xdp":
-        nl.xdp_detach(spec["interface"], netns=spec.get("netns"), expected_prog_id=holder)
+        from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_rtnl
+        try:
+            program_rtnl.xdp_detach(spec["interface"], netns=spec.get("netns"), expected_prog_id=holder,
+                                    get_fd=lambda i: bs.get_fd_by_id("prog", i), close=bs.close)
+        except program_rtnl.RtnlError as e:
+            raise AttachError(str(e))
     else:
-        nl.tc_detach(spec["interface"], spec["direction"], spec["priority"], TC_HANDLE, netns=spec.get("netns"))
+        _netlink().tc_detach(spec["interface"], spec["direction"], spec["priority"], TC_HANDLE, netns=spec.get("netns"))
     return True
 
 

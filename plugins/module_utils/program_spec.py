@@ -7,7 +7,6 @@ One job: pure validation, no kernel calls except statfs on pin_root. Errors are 
 names the option to fix. Importable without ansible.
 """
 import ctypes
-import ctypes.util
 import hashlib
 import os
 import re
@@ -54,7 +53,7 @@ def check_name(name):
 
 
 def _fs_type(path):
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # the libc already loaded (find_library forks ldconfig)
     buf = ctypes.create_string_buffer(256)
     if libc.statfs(path.encode(), buf) != 0:
         return None

@@ -232,6 +232,7 @@ class ProgramModule(object):
         self.module = module
         self.p = module.params
         self.obj = None
+        self.spec = None
 
     def desired(self):
         """Open the object with libbpf (no kernel change), choose the program, normalise the attach point."""
@@ -248,8 +249,7 @@ class ProgramModule(object):
             if p["state"] != "loaded" or p["attach"]:
                 raise
             spec = None  # loaded only: an XDP/tc/cgroup program needs no attach point yet
-        if spec:
-            gate(spec)
+        self.spec = spec
         retarget = spec_mod.retarget(spec, chosen["section"]) if spec else None
         self.obj.select(chosen["name"], attach_target=retarget)
         if p["state"] == "attached":
@@ -293,6 +293,8 @@ class ProgramModule(object):
         if prog.in_sync(want):
             after["kernel"] = before.get("kernel")
             return self.result(False, prog, before, after)
+        if self.spec:
+            gate(self.spec)  # before any change (and in check mode, so it predicts the refusal too)
         if not self.module.check_mode:
             prog.converge(want, p["object"], self.obj, force=p["force"])
             after["kernel"] = prog.live.summary()

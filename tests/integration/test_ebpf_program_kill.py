@@ -105,7 +105,7 @@ def test_kill_during_apply(scenario, kind, step, pin_root, pair, tmp_path):
     else:
         target = o1
     killed = run(_args(kind, name, pin_root, pair, target), env=_kill_env(step))
-    assert killed.get("failed"), killed
+    assert killed.get("failed") and killed.get("rc") == 137, killed  # 128 + SIGKILL
     _assert_converged(kind, name, pin_root, pair, target)
     assert run({"name": name, "state": "absent", "pin_root": pin_root})["changed"]
     assert not os.path.exists(os.path.join(pin_root, name))
@@ -123,7 +123,7 @@ def test_kill_during_absent(kind, step, pin_root, pair, tmp_path):
     before = kernel_ids()
     assert run(_args(kind, name, pin_root, pair, o1))["changed"]
     killed = run({"name": name, "state": "absent", "pin_root": pin_root}, env=_kill_env(step))
-    assert killed.get("failed"), killed
+    assert killed.get("failed") and killed.get("rc") == 137, killed  # 128 + SIGKILL
     assert run({"name": name, "state": "absent", "pin_root": pin_root})["changed"]
     assert not run({"name": name, "state": "absent", "pin_root": pin_root})["changed"]
     assert not os.path.exists(os.path.join(pin_root, name))
