@@ -37,6 +37,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# Debian 11's pyroute2, so tests can run the module code against the oldest netlink library we support.
+if [ ! -d .cache/pyroute2-0.5.14/pyroute2 ]; then
+  echo "bootstrap: pyroute2 0.5.14 into .cache/pyroute2-0.5.14"
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps --target .cache/pyroute2-0.5.14 pyroute2==0.5.14
+fi
+
 # Make the working tree importable as the collection hypermesh.ebpf.
 mkdir -p .cache/collections/ansible_collections/hypermesh
 ln -sfn "$top" .cache/collections/ansible_collections/hypermesh/ebpf
