@@ -352,6 +352,17 @@ def test_rollout_check_mode_first_changes_nothing_in_the_kernel(fleet):
         assert fleet.desired(h) is None
 
 
+def module_utils_digest():
+    """Other work may change plugins/module_utils while a test runs; the role then installs them again."""
+    import hashlib
+    h = hashlib.sha256()
+    d = os.path.join(TOP, "plugins", "module_utils")
+    for name in sorted(os.listdir(d)):
+        if name.endswith(".py"):
+            h.update(name.encode() + open(os.path.join(d, name), "rb").read())
+    return h.hexdigest()
+
+
 def test_rollout_applies_then_changes_nothing(fleet):
     rc, doc = fleet.rollout([counter(), OPENAT])
     assert rc == 0, failure_messages(doc)
@@ -371,11 +382,14 @@ def test_rollout_applies_then_changes_nothing(fleet):
     ids = dict((h, fleet.xdp_prog(h)) for h in HOSTS)
     desired = dict((h, fleet.desired(h)) for h in HOSTS)
 
+    digest = module_utils_digest()
     rc, doc = fleet.rollout([counter(), OPENAT])
     assert rc == 0, failure_messages(doc)
     for h in HOSTS:
-        assert doc["stats"][h]["changed"] == 0, [t["task"]["name"] for p in doc["plays"] for t in p["tasks"]
-                                                  if t["hosts"].get(h, {}).get("changed")]
+        changed = [t["task"]["name"] for p in doc["plays"] for t in p["tasks"] if t["hosts"].get(h, {}).get("changed")]
+        if module_utils_digest() != digest:
+            changed = [n for n in changed if "Install the collection's module_utils" not in n]
+        assert changed == [], changed
         assert fleet.xdp_prog(h) == ids[h]
         assert fleet.desired(h) == desired[h]
 
