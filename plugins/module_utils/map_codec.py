@@ -366,6 +366,7 @@ class Codec(object):
         self.size = size
         self.what = what
         self.btf_codec = None
+        self.hint = ""
         if fmt == "auto":
             if btf is not None and type_id:
                 self.btf_codec = BtfCodec(btf, type_id)
@@ -375,6 +376,8 @@ class Codec(object):
                 fmt = "btf"
             else:
                 fmt = "hex"
+                self.hint = " (the map has no BTF type for its %s, so auto means hex; set %s_format, e.g. int)" % (
+                    what, what)
         self.fmt = fmt
         self.decode = self._decoder()
         self._unpack = self._struct_format()
@@ -430,7 +433,10 @@ class Codec(object):
         if self.fmt == "int":
             return encode_int(value, self.size, what)
         if self.fmt == "hex":
-            return encode_hex(value, self.size, what)
+            try:
+                return encode_hex(value, self.size, what)
+            except CodecError as e:
+                raise CodecError(str(e) + self.hint)
         if self.fmt == "ipv4":
             return encode_ipv4(value, self.size, what)
         if self.fmt == "ipv6":

@@ -77,6 +77,9 @@ def test_unknown_format():
 def test_auto_without_btf_is_hex():
     codec = mc.Codec("auto", 2)
     assert codec.fmt == "hex" and codec.encode("beef") == b"\xbe\xef" and codec.decode(b"\x00\x01") == "0001"
+    with pytest.raises(mc.CodecError, match="format hex wants a hex string, got 3 .the map has no BTF type for its "
+                                            "value, so auto means hex; set value_format, e.g. int."):
+        codec.encode(3)
 
 
 def test_label_names_keys():
