@@ -1,8 +1,9 @@
 """ebpf_info on this machine's kernel, through real `ansible` runs, checked against bpftool and netlink.
 
 Setup through ebpf_program under a private pin root: the example XDP blocklist as managed program "blk",
-attached in generic mode to the b side of a veth pair (netlink), and tc_counter as "tcxc" attached with a tcx
-link (a pinned BPF link) to the a side; an unpinned map stands for something this collection does not manage.
+attached in generic mode to the b side of a veth pair (netlink), tc_counter as "tcc" on the b side's tc egress
+hook (cls_bpf) and as "tcxc" attached with a tcx link (a pinned BPF link) to the a side; an unpinned map stands
+for something this collection does not manage.
 """
 import os
 import shutil
@@ -30,14 +31,17 @@ def world():
                           attach={"xdp": {"interface": pair["b_if"], "netns": pair["b"], "mode": "generic"}})
             tcx = program(root, "tcxc", "tc_counter.bpf.o",
                           attach={"tcx": {"interface": pair["a_if"], "netns": pair["a"], "direction": "ingress"}})
+            tc = program(root, "tcc", "tc_counter.bpf.o",
+                         attach={"tc": {"interface": pair["b_if"], "netns": pair["b"], "direction": "egress"}})
             link_fd = bs.obj_get(os.path.join(root, "tcxc", "link"))
             link_id = bs.link_info(link_fd)["id"]
             bs.close(link_fd)
             try:
                 yield {"root": root, "pair": pair, "prog_id": blk["prog_id"], "map_ids": sorted(blk["maps"].values()),
-                       "tcx_prog_id": tcx["prog_id"], "link_id": link_id,
+                       "tcx_prog_id": tcx["prog_id"], "link_id": link_id, "tc_prog_id": tc["prog_id"],
                        "foreign_map_id": bs.map_info(foreign)["id"]}
             finally:
+                drop_program(root, "tcc")
                 drop_program(root, "tcxc")
                 drop_program(root, "blk")
     finally:
@@ -51,6 +55,7 @@ def by_id(items):
 
 def test_lists_what_bpftool_lists_and_flags_ours(world):
     before = set(p["id"] for p in bpftool_json("prog", "show"))
+    maps_before = set(m["id"] for m in bpftool_json("map", "show"))
     r = module("ebpf_info", {"pin_root": world["root"], "netns": [world["pair"]["b"], world["pair"]["a"]]})
     after = set(p["id"] for p in bpftool_json("prog", "show"))
     assert not r.get("failed"), r
@@ -61,6 +66,7 @@ def test_lists_what_bpftool_lists_and_flags_ours(world):
         True, "blk", "xdp", "xdp_blocklist")
     assert mine["pin"].startswith(world["root"] + "/blk/")
     maps = by_id(r["maps"])
+    assert maps_before & set(m["id"] for m in bpftool_json("map", "show")) <= set(maps), "maps bpftool lists are missing"
     for map_id in world["map_ids"]:
         assert maps[map_id]["managed"] and maps[map_id]["managed_name"] == "blk"
     assert maps[world["foreign_map_id"]]["managed"] is False
@@ -70,7 +76,7 @@ def test_lists_what_bpftool_lists_and_flags_ours(world):
     assert (link["managed"], link["managed_name"], link["type_name"], link["prog_id"]) == (
         True, "tcxc", "tcx", world["tcx_prog_id"])
     assert progs[world["tcx_prog_id"]]["managed_name"] == "tcxc"
-    assert set(["blk", "tcxc"]) <= set(r["managed_names"])
+    assert set(["blk", "tcxc", "tcc"]) <= set(r["managed_names"])
     # every link bpftool shows is there too
     assert set(l["id"] for l in bpftool_json("link", "show")) & set(links) >= set([world["link_id"]])
 
@@ -78,6 +84,8 @@ def test_lists_what_bpftool_lists_and_flags_ours(world):
     ifaces = dict(((i["netns"], i["ifname"]), i) for i in r["interfaces"])
     b_side = ifaces[(pair["b"], pair["b_if"])]
     assert b_side["xdp"]["prog_id"] == world["prog_id"] and b_side["xdp"]["mode"] == "generic", b_side
+    assert [f["prog_id"] for f in b_side["tc"]["egress"]] == [world["tc_prog_id"]], b_side
+    assert b_side["tc"]["ingress"] == [] and progs[world["tc_prog_id"]]["managed_name"] == "tcc"
     a_side = ifaces[(pair["a"], pair["a_if"])]
     assert a_side["xdp"]["prog_id"] == 0 and a_side["tcx"]["ingress"] == [world["tcx_prog_id"]], a_side
     assert (pair["b"], "lo") in ifaces and (None, "lo") in ifaces
