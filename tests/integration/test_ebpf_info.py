@@ -66,7 +66,8 @@ def test_lists_what_bpftool_lists_and_flags_ours(world):
         True, "blk", "xdp", "xdp_blocklist")
     assert mine["pin"].startswith(world["root"] + "/blk/")
     maps = by_id(r["maps"])
-    assert maps_before & set(m["id"] for m in bpftool_json("map", "show")) <= set(maps), "maps bpftool lists are missing"
+    maps_after = set(m["id"] for m in bpftool_json("map", "show"))
+    assert maps_before & maps_after <= set(maps), "maps bpftool lists are missing"
     for map_id in world["map_ids"]:
         assert maps[map_id]["managed"] and maps[map_id]["managed_name"] == "blk"
     assert maps[world["foreign_map_id"]]["managed"] is False

@@ -150,7 +150,8 @@ def small_map(pin_root):
 
 BAD = [
     ("wrong key size", {"key_format": "hex", "entries": [{"key": "0a0000", "value": 1}]}, "3 byte(s) given"),
-    ("value too big", {"key_format": "int", "value_format": "int", "entries": [{"key": 1, "value": 1 << 64}]}, "does not fit"),
+    ("value too big", {"key_format": "int", "value_format": "int", "entries": [{"key": 1, "value": 1 << 64}]},
+     "does not fit"),
     ("bad address", {"key_format": "ipv4", "entries": [{"key": "10.0.0.256", "value": 1}]},
      "not an IPv4 address"),
     ("ipv6 on 4 bytes", {"key_format": "ipv6", "entries": [{"key": "::1", "value": 1}]}, "needs 16 bytes"),
