@@ -32,8 +32,14 @@ def kvm_probe():
 
 
 def log(msg):
-    sys.stderr.write("[%s] %s\n" % (time.strftime("%H:%M:%S"), msg))
+    """Progress on stderr, and appended to $HYPERMESH_PROGRESS (matrix.sh shows it while Ansible runs us)."""
+    line = "[%s] %s\n" % (time.strftime("%H:%M:%S"), msg)
+    sys.stderr.write(line)
     sys.stderr.flush()
+    progress = os.environ.get("HYPERMESH_PROGRESS")
+    if progress:
+        with open(progress, "a") as f:
+            f.write(line)
 
 
 def cmd_build(args):
@@ -75,7 +81,38 @@ class Accel(object):
         with self.lock:
             if self.kvm:
                 log("guest %s: no console output under KVM: KVM does not run guests here, using TCG" % name)
+                remember_kvm_broken()
             self.kvm = False
+
+
+def _boot_id():
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def _kvm_verdict_file():
+    return os.path.join(images.cache_dir(), "kvm-broken")
+
+
+def remember_kvm_broken():
+    """Until the host reboots, skip the 10 s KVM try (the verdict is keyed by the host's boot id)."""
+    try:
+        os.makedirs(images.cache_dir(), exist_ok=True)
+        with open(_kvm_verdict_file(), "w") as f:
+            f.write(_boot_id() + "\n")
+    except OSError:
+        pass
+
+
+def kvm_known_broken():
+    try:
+        with open(_kvm_verdict_file()) as f:
+            return f.read().strip() == _boot_id()
+    except OSError:
+        return False
 
 
 def boot_one(name, statedir, key, accel, cache):
@@ -114,7 +151,7 @@ def cmd_up(args):
     os.makedirs(statedir, exist_ok=True)
     key = make_key(statedir)
     mode = "tcg" if args.tcg else os.environ.get("HYPERMESH_ACCEL", "auto")
-    kvm = mode == "kvm" or (mode == "auto" and kvm_probe())
+    kvm = mode == "kvm" or (mode == "auto" and not kvm_known_broken() and kvm_probe())
     accel = Accel(kvm)
     # TCG is CPU bound: more boots at once than cores only makes each slower
     jobs = args.jobs or int(os.environ.get("HYPERMESH_BOOT_JOBS", "0")) or max(2, os.cpu_count() or 2)

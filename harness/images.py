@@ -117,6 +117,11 @@ def customize_hooks(hostname):
         'cat > "$1/etc/systemd/system/hypermesh-guest-init.service" <<"EOS"\n%sEOS' % GUEST_INIT_UNIT,
         'ln -sf /etc/systemd/system/hypermesh-guest-init.service '
         '"$1/etc/systemd/system/multi-user.target.wants/hypermesh-guest-init.service"',
+        # sshd started per connection by its socket: the port listens seconds earlier than ssh.service
+        # would (whose start alone takes 10-30 s under emulation), and Ansible keeps one connection open
+        'rm -f "$1/etc/systemd/system/multi-user.target.wants/ssh.service" "$1/etc/systemd/system/sshd.service"',
+        'mkdir -p "$1/etc/systemd/system/sockets.target.wants"',
+        'ln -sf /lib/systemd/system/ssh.socket "$1/etc/systemd/system/sockets.target.wants/ssh.socket"',
         'echo %s > "$1/etc/hostname"' % hostname,
         'printf "127.0.0.1 localhost\\n127.0.1.1 %s\\n" > "$1/etc/hosts"' % hostname,
         'echo "/dev/vda / ext4 rw,relatime 0 1" > "$1/etc/fstab"',

@@ -26,8 +26,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 run=$(mktemp -d /tmp/hypermesh-matrix.XXXXXX)
-export HYPERMESH_STATE="$run/guests" HYPERMESH_RESULTS="$run/results"
+export HYPERMESH_STATE="$run/guests" HYPERMESH_RESULTS="$run/results" HYPERMESH_PROGRESS="$run/progress.log"
 mkdir -p "$HYPERMESH_RESULTS"
+: > "$HYPERMESH_PROGRESS"
+tail -F -n 0 "$HYPERMESH_PROGRESS" 2>/dev/null &
+tail_pid=$!
 # An http proxy of this host (environment or apt.conf.d) is passed on to the guests' apt, as the guests see it.
 guest_proxy=$(python3 -c 'from harness import aptconf; print(aptconf.proxy_for_guest(aptconf.host_proxy()) or "")')
 export HYPERMESH_GUEST_PROXY="$guest_proxy"
@@ -46,6 +49,7 @@ PY
 
 cleanup() {
   rc=$?
+  kill "$tail_pid" 2>/dev/null || true
   if [ "${HYPERMESH_KEEP:-0}" != 1 ]; then
     molecule destroy -s "$scenario" >/dev/null 2>&1 || true
     python3 -m harness down --state "$HYPERMESH_STATE" || true
@@ -86,6 +90,7 @@ if [ "$scenario" = custom ]; then
 else
   suites="bullseye bookworm trixie sid"
 fi
+step harness_unit python -m pytest -q -p no:cacheprovider tests/harness
 step images python3 -m harness build $suites
 step destroy molecule destroy -s "$scenario"
 step create molecule create -s "$scenario"

@@ -57,6 +57,8 @@ def map_total(host, path):
             return v
         if isinstance(v, dict):
             return sum(add(x) for k, x in v.items() if k not in ("cpu",))
+        if isinstance(v, list) and v and all(isinstance(x, str) and x.startswith("0x") for x in v):
+            return int.from_bytes(bytes(int(x, 16) for x in v), "little")  # raw bytes (no BTF)
         if isinstance(v, list):
             return sum(add(x) for x in v)
         return 0

@@ -1,0 +1,84 @@
+"""qemu command lines, kernel command lines, ports and the guard that never signals a foreign pid."""
+import os
+import socket
+
+import pytest
+
+from harness import guests, qemu
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKey hypermesh-harness\n"
+
+
+def test_cmdline_carries_key_and_extras():
+    line = qemu.kernel_cmdline(KEY, "lsm=lockdown,capability,yama,apparmor,tomoyo,bpf")
+    assert "hypermesh.key=ssh-ed25519:AAAAC3NzaC1lZDI1NTE5AAAAIFakeKey" in line
+    assert line.endswith("lsm=lockdown,capability,yama,apparmor,tomoyo,bpf")
+    assert "root=/dev/vda" in line and "console=ttyS0" in line
+
+
+def test_cmdline_rejects_non_key():
+    with pytest.raises(ValueError):
+        qemu.kernel_cmdline("garbage")
+
+
+@pytest.mark.parametrize("kvm, accel", [(True, "kvm"), (False, "tcg,thread=multi")])
+def test_qemu_argv(kvm, accel):
+    argv = qemu.qemu_argv("sid", "/i/vmlinuz", "/i/initrd.img", "/s/overlay.qcow2", 2222, "console=ttyS0",
+                          "/s/console.log", "/s/qemu.pid", kvm)
+    assert argv[argv.index("-accel") + 1] == accel
+    assert "user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22" in argv  # loopback only
+    assert argv[argv.index("-initrd") + 1] == "/i/initrd.img"
+    assert "hypermesh-sid" in argv and "-daemonize" in argv
+    assert "file:/s/console.log" in argv
+
+
+def test_no_initrd_for_a_kernel_without_one():
+    argv = qemu.qemu_argv("custom", "/k", None, "/o", 1, "c", "/c", "/p", False)
+    assert "-initrd" not in argv
+
+
+def test_free_port_is_free_and_port_in_use_sees_a_listener():
+    port = qemu.free_port()
+    assert not qemu.port_in_use(port)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    try:
+        assert qemu.port_in_use(s.getsockname()[1])
+    finally:
+        s.close()
+
+
+def test_pid_guard():
+    assert not qemu.pid_is_guest(os.getpid(), "bookworm")  # pytest is not our qemu
+    assert not qemu.pid_is_guest(2 ** 22 + 7, "bookworm")
+
+
+def test_stop_without_qemu_removes_overlay(tmp_path):
+    g = qemu.Guest("bookworm", str(tmp_path))
+    os.makedirs(g.dir)
+    open(g.overlay, "w").close()
+    with open(g.pidfile, "w") as f:
+        f.write(str(os.getpid()))  # a live pid that is not the guest: must not be signalled
+    assert g.stop() == ["removed overlay.qcow2", "removed qemu.pid"]
+    assert not os.path.exists(g.overlay)
+
+
+def test_guest_table():
+    assert guests.lookup("bullseye-lsm")["suite"] == "bullseye"
+    assert "bpf" in guests.lookup("bullseye-lsm")["cmdline"]
+    assert guests.lookup("bullseye")["cmdline"] == ""
+    with pytest.raises(ValueError):
+        guests.lookup("jessie")
+
+
+def test_custom_guest(tmp_path):
+    k = tmp_path / "vmlinuz-4.19"
+    k.write_text("k")
+    assert guests.custom_guest({}) is None
+    g = guests.custom_guest({"HYPERMESH_GUEST_KERNEL": str(k), "HYPERMESH_GUEST_ROOTFS": "bullseye"})
+    assert g["kernel"] == str(k) and g["initrd"] is None and g["suite"] == "bullseye"
+    with pytest.raises(ValueError, match="no such file"):
+        guests.custom_guest({"HYPERMESH_GUEST_KERNEL": str(tmp_path / "nope")})
+    with pytest.raises(ValueError, match="HYPERMESH_GUEST_ROOTFS"):
+        guests.custom_guest({"HYPERMESH_GUEST_KERNEL": str(k), "HYPERMESH_GUEST_ROOTFS": "potato"})
