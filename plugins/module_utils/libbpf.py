@@ -71,7 +71,10 @@ def _load():
     if _lib is not None:
         return _lib
     lib = None
-    for name in LIBBPF_NAMES:
+    names = LIBBPF_NAMES
+    if os.environ.get("HYPERMESH_EBPF_LIBBPF"):  # a specific libbpf (tests: libbpf 0.3 on a 1.x host)
+        names = (os.environ["HYPERMESH_EBPF_LIBBPF"],)
+    for name in names:
         try:
             lib = ctypes.CDLL(name, use_errno=True)
             break
@@ -79,7 +82,7 @@ def _load():
             continue
     if lib is None:
         raise LibbpfError("libbpf is not installed on this host (looked for %s); install libbpf1 or libbpf0"
-                          % ", ".join(LIBBPF_NAMES), errno_mod.ENOENT, "dlopen")
+                          % ", ".join(names), errno_mod.ENOENT, "dlopen")
     _libc = ctypes.CDLL(None, use_errno=True)  # the libc already loaded (find_library forks ldconfig)
     _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
     _libc.vsnprintf.restype = ctypes.c_int
@@ -97,7 +100,8 @@ def _load():
         "bpf_map__name": ([vp], ctypes.c_char_p),
         "bpf_map__fd": ([vp], ctypes.c_int),
         "bpf_map__is_pinned": ([vp], ctypes.c_bool),
-        "bpf_map__pin_path": ([vp], ctypes.c_char_p),
+        "bpf_map__pin_path": ([vp], ctypes.c_char_p),  # 0.4+
+        "bpf_map__get_pin_path": ([vp], ctypes.c_char_p),  # 0.0.6 .. 0.8 (deprecated, gone in 1.0)
         "bpf_map__reuse_fd": ([vp, ctypes.c_int], ctypes.c_int),
         "bpf_map__type": ([vp], ctypes.c_int),
         "bpf_map__key_size": ([vp], ctypes.c_uint32),
@@ -289,6 +293,10 @@ class BpfObject(object):
             raise LibbpfError("program %r was not loaded" % name, errno_mod.ENOENT, "program_fd")
         return fd
 
+    def _pin_path(self, m):
+        fn = getattr(self.lib, "bpf_map__pin_path", None) or self.lib.bpf_map__get_pin_path
+        return fn(m)
+
     def map_defs(self):
         """Before load: [{"name", "type", "key_size", "value_size", "max_entries", "map_flags", "pin_path"}]."""
         lib, out = self.lib, []
@@ -301,7 +309,7 @@ class BpfObject(object):
                 md = lib.bpf_map__def(m).contents
                 d = {"type": md.type, "key_size": md.key_size, "value_size": md.value_size,
                      "max_entries": md.max_entries, "map_flags": md.map_flags}
-            pin = lib.bpf_map__pin_path(m)
+            pin = self._pin_path(m)
             d.update(name=lib.bpf_map__name(m).decode(), pin_path=pin.decode() if pin else None)
             out.append(d)
         return out
@@ -321,7 +329,7 @@ class BpfObject(object):
         """[{"name", "fd", "pinned" (pinned by libbpf: LIBBPF_PIN_BY_NAME), "pin_path"}]."""
         out = []
         for m in self._iter("map"):
-            pin = self.lib.bpf_map__pin_path(m)
+            pin = self._pin_path(m)
             out.append({"name": self.lib.bpf_map__name(m).decode(),
                         "fd": self.lib.bpf_map__fd(m),
                         "pinned": bool(self.lib.bpf_map__is_pinned(m)),
