@@ -194,6 +194,15 @@ def test_unknown_map(pin_root):
     assert r.get("failed") and "no pinned map at" in r["msg"], r
 
 
+def test_a_pinned_program_is_not_a_map(blocklist):
+    prog = os.path.join(blocklist["pin_root"], "blocklist", "prog")
+    r = module("ebpf_map_info", {"path": prog})
+    assert r.get("failed") and r["msg"] == "%s is pinned but is not a map" % prog, r
+    r = module("ebpf_map", {"name": "blocklist", "map": "nope", "pin_root": blocklist["pin_root"],
+                            "entries": [{"key": "00000000"}]})
+    assert r.get("failed") and "its maps: blocklist, verdicts" in r["msg"], r
+
+
 def test_key_without_value(pin_root):
     """state=present with no value: a missing key is added as zeros, an existing key keeps its value."""
     fd = bs.map_create(bs.BPF_MAP_TYPE_HASH, 4, 8, 8, name="hm_novalue")
