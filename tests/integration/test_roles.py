@@ -393,10 +393,9 @@ def test_rollout_applies_then_changes_nothing(fleet):
         assert fleet.xdp_prog(h) == ids[h]
         assert fleet.desired(h) == desired[h]
 
-    rc, doc = fleet.rollout([counter(), OPENAT], check=True)
+    rc, doc = fleet.rollout([counter(), OPENAT], check=True, limit="h1")
     assert rc == 0, failure_messages(doc)
-    for h in HOSTS:
-        assert doc["stats"][h]["changed"] == 0
+    assert doc["stats"]["h1"]["changed"] == 0
 
 
 def test_gate_refuses_a_host_without_the_feature_and_changes_nothing(fleet):
@@ -460,6 +459,28 @@ def test_failed_canary_is_rolled_back_and_stops_the_rollout(fleet):
         assert fleet.xdp_prog(h, side="a") is None
         assert fleet.xdp_prog(h) == ids[h]
         assert fleet.desired(h) == desired[h]
+
+
+def test_apply_failure_midway_undoes_the_programs_applied_before_it(fleet):
+    """All or nothing per host: the verifier rejects the third program (at load, so the check-mode gate passes
+    it); the second, new in this run and already attached, must be removed again."""
+    before = fleet.desired("h1")
+    ids = fleet.xdp_prog("h1")
+    openat2 = dict(OPENAT, name="openat2")
+    bad = {"name": "bad", "object": os.path.join(OBJECTS, "bad_verifier.bpf.o"),
+           "attach": {"xdp": {"interface": "{{ t_if_a }}", "netns": "{{ t_ns_a }}", "mode": "generic"}}}
+    rc, doc = fleet.rollout([counter(), openat2, bad], limit="h1")
+    assert rc != 0
+    applied = task_results(doc, "h1", "Load, pin and attach")[0]["results"]
+    assert [(r["item"]["name"], bool(r.get("failed"))) for r in applied] == [
+        ("counter", False), ("openat2", False), ("bad", True)]
+    msg = failure_messages(doc)
+    assert "rolled back to the previous desired state: counter" in msg, msg
+    assert task_results(doc, "h1", "remove the programs that were not there before")[0]["results"][0]["changed"]
+    for name in ("openat2", "bad"):
+        assert not os.path.exists(os.path.join(fleet.dirs("h1")["pin_root"], name))
+    assert fleet.xdp_prog("h1") == ids and fleet.xdp_prog("h1", side="a") is None
+    assert fleet.desired("h1") == before
 
 
 def test_reapply_restores_the_desired_state_after_the_kernel_lost_it(fleet):
