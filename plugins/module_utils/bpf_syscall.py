@@ -15,7 +15,6 @@ __metaclass__ = type
 import ctypes
 import errno as _errno
 import os
-import platform
 import struct
 
 # ---- commands ---------------------------------------------------------------------------------------------
@@ -206,9 +205,10 @@ def _syscall():
 
 def bpf(cmd, attr, size=None, detail=""):
     """Call bpf(cmd, attr, size). `attr` is a ctypes buffer. Returns the result (an fd for most commands)."""
-    nr = _SYSCALL_NR.get(platform.machine())
+    machine = os.uname().machine
+    nr = _SYSCALL_NR.get(machine)
     if nr is None:
-        raise BpfError(_errno.ENOSYS, cmd, "no bpf() syscall number known for %s" % platform.machine())
+        raise BpfError(_errno.ENOSYS, cmd, "no bpf() syscall number known for %s" % machine)
     if size is None:
         size = ctypes.sizeof(attr)
     ret = _syscall().syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(size))
@@ -436,8 +436,9 @@ def map_lookup_batch(fd, key_size, value_size, count, in_batch=None, batch_size=
             raise
         done = True
     got = a.get_u32(32)
-    ks = [keys.raw[i * key_size:(i + 1) * key_size] for i in range(got)]
-    vs = [values.raw[i * value_size:(i + 1) * value_size] for i in range(got)]
+    kraw, vraw = keys.raw, values.raw  # each .raw is a copy of the whole buffer: take it once
+    ks = [kraw[i * key_size:(i + 1) * key_size] for i in range(got)]
+    vs = [vraw[i * value_size:(i + 1) * value_size] for i in range(got)]
     return ks, vs, out_batch.raw, done
 
 
