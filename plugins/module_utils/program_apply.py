@@ -125,6 +125,10 @@ class Program(object):
         undo = []
         created_dirs = []
         stage = os.path.join(self.dir, ps.STAGE_PREFIX + str(os.getpid()))
+        n = 0
+        while os.path.exists(stage):  # a killed run with the same pid left it: keep it (ours, adopted later)
+            n += 1
+            stage = os.path.join(self.dir, "%s%d_%d" % (ps.STAGE_PREFIX, os.getpid(), n))
         shared_before = set(os.listdir(self.shared_dir)) if os.path.isdir(self.shared_dir) else set()
         spec = want["attach"]
         try:

@@ -266,6 +266,11 @@ class ProgramModule(object):
                                      "CAP_PERFMON) to load and attach programs: run it with become: true")
         with HostLock():
             prog = Program(p["name"], pin_root)
+            managed_at = (prog.record or {}).get("pin_root")
+            if managed_at and managed_at != pin_root:
+                raise spec_mod.SpecError("program %s is managed under pin_root %s, not %s: remove it there first "
+                                         "(state: absent, pin_root: %s)" % (p["name"], managed_at, pin_root,
+                                                                            managed_at))
             before = prog.before()
             if p["state"] == "absent":
                 return self.absent(prog, before)

@@ -182,3 +182,24 @@ def test_foreign_slot_needs_force(pin_root, pair):
         assert netlink.xdp_query(pair.if_b, pair.ns_b)["prog_id"] == 0
     finally:
         os.unlink(pin)
+
+
+def test_same_name_under_another_pin_root(pin_root):
+    """A name is one program host-wide: applying it under a second pin_root is refused, nothing changes."""
+    name = "bad-root-%d" % os.getpid()
+    args = {"name": name, "object": private_object("rawtp_sys_enter", ["count_sys_enter", "sys_enter_count"]),
+            "pin_root": pin_root}
+    first = run(args)
+    try:
+        assert first["changed"]
+        before = kernel_ids()
+        other = pin_root + "-other"
+        for check in (True, False):
+            r = run(dict(args, pin_root=other), check=check)
+            assert r.get("failed") and "is managed under pin_root " + pin_root in r["msg"], r
+        assert not os.path.exists(other)
+        assert not any(leaked(before, [kname("count_sys_enter")], [kname("sys_enter_count")]).values())
+        again = run(args)
+        assert not again["changed"] and again["prog_id"] == first["prog_id"]
+    finally:
+        assert run({"name": name, "state": "absent", "pin_root": pin_root})["changed"]
