@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import needs_root
 from tests.integration.netns import make_veth_pair
 from test_ebpf_program_common import (PREFIX, counter, kernel_ids, kname, leaked, mounts, obj, ping,
-                                      private_object, run)
+                                      private_object, run, run_with_diff_text)
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
@@ -156,10 +156,12 @@ def test_attach_type(kind, pin_root, pair, cgroup_dir):
         assert not any(leaked(before, knames, kmaps).values())
         pytest.skip("refused cleanly (not supported on this kernel): %s" % r["msg"][:200])
 
-    runs = [run(args, check=True, diff=True), run(args, diff=True), run(args, diff=True), run(args, check=True)]
+    runs = [run_with_diff_text(args, check=True), run(args, diff=True), run(args, diff=True), run(args, check=True)]
     assert [r.get("changed") for r in runs] == [True, True, False, False], runs
     assert not any(r.get("failed") for r in runs), runs
     r = runs[1]
+    shown = runs[0]["_diff_text"]  # what `ansible --check --diff` printed before the first apply
+    assert '-    "state": "absent"' in shown and '+    "state": "attached"' in shown, shown
     assert r["prog_id"] in bs.iter_ids("prog")
     assert in_kernel(ctx, r), r
     assert runs[2]["prog_id"] == r["prog_id"]

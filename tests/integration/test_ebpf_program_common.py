@@ -1,7 +1,7 @@
 """Helpers for the ebpf_program integration tests (no tests here).
 
 - `run(args, check=False, diff=False, env=None)`: the module through real `ansible` (tests/conftest.py's
-  ansible_module; when that cannot load its json stdout callback, the same command with the core `minimal`
+  ansible_module; should that fail to produce a result file, the same command with the core `minimal`
   callback, parsed). Also returns the printed diff text as result["_diff_text"] in that case.
 - `kernel_ids()`: every prog/map/link id the kernel holds; `leaked(before, after, prog_names, map_names)`: the new
   ids that belong to our objects (other engineers' tests run on the same kernel at the same time, so a plain
@@ -63,6 +63,12 @@ def run(args, check=False, diff=False, env=None):
                 raise
             _MINIMAL.append(True)
     return _minimal(args, check, diff, env)
+
+
+def run_with_diff_text(args, check=False):
+    """run() with --diff, also returning what ansible printed as the diff in result["_diff_text"] (result files
+    of callbacks leave the diff out)."""
+    return _minimal(args, check, True, None)
 
 
 def kernel_ids():

@@ -131,3 +131,20 @@ def test_xdp_moves_interface(pin_root, pair):
     assert netlink.xdp_query(pair.if_a, pair.ns_a)["prog_id"] == r2["prog_id"]
     assert run({"name": name, "state": "absent", "pin_root": pin_root})["changed"]
     assert netlink.xdp_query(pair.if_a, pair.ns_a)["prog_id"] == 0
+
+
+def test_tc_filter_replaced_in_place(pin_root, pair, variant):
+    """tc: a changed object replaces the filter at the same priority/handle (one netlink request)."""
+    name = "r-tc-%d" % os.getpid()
+    attach = {"tc": {"interface": pair.if_b, "netns": pair.ns_b, "direction": "ingress", "priority": 3}}
+    r1 = run({"name": name, "object": obj("tc_counter"), "pin_root": pin_root, "attach": attach})
+    r2 = run({"name": name, "object": variant("tc_counter"), "pin_root": pin_root, "attach": attach})
+    assert r1["changed"] and r2["changed"] and r2["prog_id"] != r1["prog_id"]
+    filters = netlink.tc_query(pair.if_b, "ingress", pair.ns_b)
+    assert [(f["priority"], f["prog_id"]) for f in filters] == [(3, r2["prog_id"])], filters
+    assert r2["maps"]["tc_stats"] == r1["maps"]["tc_stats"]  # counters survive the upgrade
+    c0 = counter(os.path.join(pin_root, name, "maps", "tc_stats"))
+    assert ping(pair.ns_a, pair.addr_b, count=2)
+    assert counter(os.path.join(pin_root, name, "maps", "tc_stats")) > c0
+    assert run({"name": name, "state": "absent", "pin_root": pin_root})["changed"]
+    assert netlink.tc_query(pair.if_b, "ingress", pair.ns_b) == []
