@@ -14,8 +14,11 @@ RESULTS = os.environ.get("HYPERMESH_RESULTS") or os.path.join(
     os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/tmp"), "results")
 
 # program -> (map, how to make its counter move inside the guest)
-TRAFFIC_UDP = ("ip netns exec hm1 python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-               "[s.sendto(b'x' * 56, ('10.199.0.1', 9)) for _ in range(20)]\"")
+# 20 UDP datagrams from hm1 to 10.199.0.1 (across the veth pair), written without any quote but the outer
+# ones, so that it nests in `sh -c "..."` below
+UDP = ("python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+       "[s.sendto(bytes(56), (socket.inet_ntoa(bytes([10, 199, 0, 1])), 9)) for _ in range(20)]'")
+TRAFFIC_UDP = "ip netns exec hm1 " + UDP
 TRAFFIC = {
     "xdp_counter": ("xdp_stats", TRAFFIC_UDP),
     "tc_counter": ("tc_stats", TRAFFIC_UDP),
@@ -24,8 +27,9 @@ TRAFFIC = {
     "rawtp_sys_enter": ("sys_enter_count", "for i in 1 2 3 4 5; do true; done; ls / >/dev/null"),
     "kprobe_unlinkat": ("unlink_count", "for i in 1 2 3; do touch /tmp/hm-unlink-$i; rm /tmp/hm-unlink-$i; done"),
     "fentry_unlinkat": ("fentry_count", "for i in 1 2 3; do touch /tmp/hm-unlink-$i; rm /tmp/hm-unlink-$i; done"),
-    "cgroup_egress": ("egress_bytes", "sh -c 'echo $$ > /sys/fs/cgroup/hm-test/cgroup.procs; exec %s'"
-                      % TRAFFIC_UDP.replace("'", "\\'").replace("ip netns exec hm1 ", "")),
+    # from a process inside the cgroup, in the host's namespace (to 10.199.0.1 unreachable from here: the
+    # datagrams are still sent, and counted on egress, then dropped for want of a route)
+    "cgroup_egress": ("egress_bytes", 'sh -c "echo \\$\\$ > /sys/fs/cgroup/hm-test/cgroup.procs; exec %s"' % UDP),
     "lsm_file_open": ("file_open_count", "cat /etc/hostname /etc/hosts >/dev/null"),
 }
 
