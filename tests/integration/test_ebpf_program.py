@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import needs_root
 from tests.integration.netns import make_veth_pair
-from test_ebpf_program_common import (PREFIX, counter, kernel_ids, kname, leaked, mounts, obj, ping,
+from test_ebpf_program_common import (forget, PREFIX, counter, kernel_ids, kname, leaked, mounts, obj, ping,
                                       private_object, run, run_with_diff_text)
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
@@ -30,7 +30,7 @@ def pin_root():
     mounts()
     root = "/sys/fs/bpf/hm-prog-test-%d" % os.getpid()
     yield root
-    shutil.rmtree(root, ignore_errors=True)
+    forget(root)
 
 
 @pytest.fixture(scope="module")

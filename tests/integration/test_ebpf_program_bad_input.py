@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import COLLECTIONS, TOP, needs_root
 from tests.integration.netns import make_veth_pair
-from test_ebpf_program_common import kernel_ids, kname, leaked, mounts, obj, private_object, run
+from test_ebpf_program_common import forget, kernel_ids, kname, leaked, mounts, obj, private_object, run
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
@@ -28,7 +28,7 @@ def pin_root():
     mounts()
     root = "/sys/fs/bpf/hm-prog-bad-%d" % os.getpid()
     yield root
-    shutil.rmtree(root, ignore_errors=True)
+    forget(root)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@
 """
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -170,3 +171,15 @@ def private_object(src, symbols):
 def kname(symbol):
     """The kernel's name for a renamed symbol (BPF_OBJ_NAME_LEN 16: 15 characters)."""
     return (PREFIX + symbol)[:15]
+
+
+def forget(pin_root):
+    """Fixture teardown: remove whatever a failed test left under pin_root, through the module (detaches XDP/tc
+    from the recorded attach point, unpins, deletes the record), then the directory."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state
+    records = os.path.join(program_state.STATE_DIR, "programs")
+    for entry in sorted(os.listdir(records)) if os.path.isdir(records) else []:
+        rec = program_state.read_record(entry[:-5]) if entry.endswith(".json") else None
+        if rec and rec.get("pin_root") == pin_root:
+            run({"name": rec["name"], "state": "absent", "pin_root": pin_root})
+    shutil.rmtree(pin_root, ignore_errors=True)

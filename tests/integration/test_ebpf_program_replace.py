@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import needs_root
 from tests.integration.netns import make_veth_pair
-from test_ebpf_program_common import counter, kernel_ids, leaked, mounts, obj, ping, run
+from test_ebpf_program_common import forget, counter, kernel_ids, leaked, mounts, obj, ping, run
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
@@ -28,7 +28,7 @@ def pin_root():
     mounts()
     root = "/sys/fs/bpf/hm-prog-repl-%d" % os.getpid()
     yield root
-    shutil.rmtree(root, ignore_errors=True)
+    forget(root)
 
 
 @pytest.fixture(scope="module")
