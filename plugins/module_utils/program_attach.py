@@ -27,18 +27,18 @@ class AttachError(Exception):
     pass
 
 
-def _rtnl_link(spec):
-    """Fast read-only look at the interface (no pyroute2): {"ifindex", "xdp_prog_id", "xdp_mode"}."""
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_rtnl
-    try:
-        return program_rtnl.link(spec["interface"], spec.get("netns"))
-    except program_rtnl.RtnlError as e:
-        raise AttachError(str(e))
-
-
 def _netlink():
     from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
     return netlink
+
+
+def _xdp_state(spec):
+    """The interface's XDP slot: {"prog_id", "mode", "modes"} (netlink.xdp_query); AttachError when absent."""
+    nl = _netlink()
+    try:
+        return nl.xdp_query(spec["interface"], spec.get("netns"))
+    except nl.NetlinkError as e:
+        raise AttachError(str(e))
 
 
 def _cgroup_attach_type(spec):
@@ -76,7 +76,11 @@ def check_target(spec):
     """Raise a clear error when the attach target does not exist; change nothing."""
     kind = spec["type"]
     if kind in ("xdp", "tc", "tcx"):
-        _rtnl_link(spec)
+        nl = _netlink()
+        try:
+            nl.ifindex(spec["interface"], spec.get("netns"))
+        except nl.NetlinkError as e:
+            raise AttachError(str(e))
     elif kind == "tracepoint":
         from ansible_collections.hypermesh.ebpf.plugins.module_utils import perf
         perf.tracepoint_id(spec["target"])
@@ -89,7 +93,7 @@ def slot_holder(spec):
     """XDP/tc: the prog id occupying the slot we want (0 when free). Link kinds share their hook: None."""
     kind = spec["type"]
     if kind == "xdp":
-        return _rtnl_link(spec)["xdp_prog_id"] or 0
+        return _xdp_state(spec)["prog_id"] or 0
     if kind == "tc":
         for f in _netlink().tc_query(spec["interface"], spec["direction"], spec.get("netns")):
             if f.get("priority") == spec["priority"] and f.get("handle") in (TC_HANDLE, None):
@@ -114,9 +118,10 @@ def link_matches(spec, link):
             return False
         return link.get("cgroup_id") == ino and link.get("attach_type") == _cgroup_attach_type(spec)
     if kind == "tcx":
+        nl = _netlink()
         try:
-            ifindex = _rtnl_link(spec)["ifindex"]
-        except AttachError:
+            ifindex = nl.ifindex(spec["interface"], spec.get("netns"))
+        except nl.NetlinkError:
             return False
         return link.get("ifindex") == ifindex and link.get("attach_type") == _tcx_attach_type(spec)
     return True  # perf links: the kernel does not report the tracepoint; the record names it
@@ -134,7 +139,7 @@ def is_attached(spec, prog_id, link):
         except Exception:
             return False
         if kind == "xdp" and spec.get("mode", "auto") != "auto":
-            return _rtnl_link(spec)["xdp_mode"] == spec["mode"]
+            return _xdp_state(spec)["mode"] == spec["mode"]
         return True
     return bool(link) and link.get("prog_id") == prog_id and link_matches(spec, link)
 
@@ -142,12 +147,11 @@ def is_attached(spec, prog_id, link):
 def attach_netlink(spec, prog_fd, replace_prog_id, name):
     """Attach through netlink, replacing replace_prog_id atomically when given."""
     if spec["type"] == "xdp":
-        from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_rtnl
+        nl = _netlink()
         try:
-            program_rtnl.xdp_attach(spec["interface"], prog_fd, mode=spec.get("mode", "auto"),
-                                    netns=spec.get("netns"), replace_prog_id=replace_prog_id or None,
-                                    get_fd=lambda i: bs.get_fd_by_id("prog", i), close=bs.close)
-        except program_rtnl.RtnlError as e:
+            nl.xdp_attach(spec["interface"], prog_fd, mode=spec.get("mode", "auto"), netns=spec.get("netns"),
+                          replace_prog_id=replace_prog_id or None)
+        except nl.NetlinkError as e:
             raise AttachError(str(e))
     else:
         _netlink().tc_attach(spec["interface"], spec["direction"], prog_fd, priority=spec["priority"], handle=TC_HANDLE,
@@ -163,11 +167,10 @@ def detach_netlink(spec, expected_prog_ids):
     if not holder or holder not in expected_prog_ids:
         return False
     if spec["type"] == "xdp":
-        from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_rtnl
+        nl = _netlink()
         try:
-            program_rtnl.xdp_detach(spec["interface"], netns=spec.get("netns"), expected_prog_id=holder,
-                                    get_fd=lambda i: bs.get_fd_by_id("prog", i), close=bs.close)
-        except program_rtnl.RtnlError as e:
+            nl.xdp_detach(spec["interface"], netns=spec.get("netns"), expected_prog_id=holder)
+        except nl.NetlinkError as e:
             raise AttachError(str(e))
     else:
         _netlink().tc_detach(spec["interface"], spec["direction"], spec["priority"], TC_HANDLE, netns=spec.get("netns"))
