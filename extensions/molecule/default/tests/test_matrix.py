@@ -31,7 +31,19 @@ TRAFFIC = {
     # datagrams are still sent, and counted on egress, then dropped for want of a route)
     "cgroup_egress": ("egress_bytes", 'sh -c "echo \\$\\$ > /sys/fs/cgroup/hm-test/cgroup.procs; exec %s"' % UDP),
     "lsm_file_open": ("file_open_count", "cat /etc/hostname /etc/hosts >/dev/null"),
+    # hm0 answers the datagrams with ICMP port unreachable from 10.199.0.1, which ebpf_map put in the
+    # blocklist: XDP on hm-b drops them and counts them under that key
+    "xdp_blocklist": ("blocklist", TRAFFIC_UDP),
 }
+
+
+# Features an attach point needs beyond its program type: tracepoint and kprobe attachments outlive the
+# module only as pinned perf-event links (perf_link, 5.15+), so ebpf_program refuses them without it.
+EXTRA_NEEDS = {"tracepoint": ["perf_link"], "kprobe": ["perf_link"]}
+
+
+def needs(feature):
+    return [feature] + EXTRA_NEEDS.get(feature, [])
 
 
 def converge_result(name):
@@ -81,14 +93,17 @@ def test_kernel_is_the_one_we_booted(host, result):
 
 
 def test_gating_agrees_with_the_probes(result):
-    """A program attaches exactly when ebpf_facts says its feature is supported; else it is refused."""
+    """A program attaches exactly when ebpf_facts says every feature it needs is supported; else it is
+    refused, with the collection's refusal message naming a feature the probe said no to."""
     wrong = {}
     for name, p in result["programs"].items():
-        supported = result["features"][p["feature"]]["supported"]
-        if supported and p["outcome"] != "attached":
-            wrong[name] = "probe says %s works, module: %s %s" % (p["feature"], p["outcome"], p["message"])
-        if not supported and p["outcome"] != "refused":
-            wrong[name] = "probe says %s does not work, module: %s" % (p["feature"], p["outcome"])
+        missing = [f for f in needs(p["feature"]) if not result["features"][f]["supported"]]
+        if not missing and p["outcome"] != "attached":
+            wrong[name] = "probes say %s work, module: %s %s" % (needs(p["feature"]), p["outcome"], p["message"])
+        if missing and p["outcome"] != "refused":
+            wrong[name] = "probe says %s does not work, module: %s" % (missing, p["outcome"])
+        if missing and not any(p["message"].find(f + " needs") >= 0 for f in missing):
+            wrong[name] = "refusal does not name %s: %s" % (missing, p["message"])
     assert not wrong
 
 
@@ -123,6 +138,15 @@ def test_pins_and_kernel_objects(host, result):
         if p.get("link_id"):
             assert p["link_id"] in links, name
             assert links[p["link_id"]]["prog_id"] == p["prog_id"], name
+
+
+def test_blocklist_entry_from_ebpf_map(host, result):
+    """ebpf_map wrote the key 10.199.0.1 (network byte order) into the pinned blocklist map."""
+    if result["programs"].get("xdp_blocklist", {}).get("outcome") != "attached":
+        pytest.skip("xdp_blocklist not attached here")
+    dump = bpftool(host, "map", "dump", "pinned", "%s/xdp_blocklist/maps/blocklist" % PIN_ROOT)
+    keys = [[int(b, 16) for b in e["key"]] if isinstance(e["key"], list) else e["key"] for e in dump]
+    assert [10, 199, 0, 1] in keys or 0x0100C70A in keys
 
 
 def test_counters_move(host, result):
