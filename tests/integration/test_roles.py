@@ -84,8 +84,11 @@ _CALLBACK_DIR = []
 def callback_env():
     """Environment for ansible-playbook with the hm_json stdout callback."""
     if not _CALLBACK_DIR:
+        import atexit
+        import shutil
         import tempfile
         d = tempfile.mkdtemp(prefix="hm_callback_")
+        atexit.register(shutil.rmtree, d, True)
         with open(os.path.join(d, "hm_json.py"), "w") as f:
             f.write(CALLBACK)
         _CALLBACK_DIR.append(d)
