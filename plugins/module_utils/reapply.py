@@ -12,8 +12,8 @@ network-online.target:
     python3 -m ansible_collections.hypermesh.ebpf.plugins.module_utils.reapply [--desired PATH] [--check]
 
 It calls the SAME functions the modules call, with the same parameters (no second implementation):
-    program_apply.apply(params, check_mode=False) -> result dict   (what ebpf_program does)
-    pinned_map.apply_entries(params, check_mode=False) -> result dict   (what ebpf_map does)
+    program_run.apply(params, check_mode=False) -> result dict   (what ebpf_program does)
+    map_apply.apply_entries(params, check_mode=False) -> result dict   (what ebpf_map does)
 A program whose attach point is not there yet (an interface that appears late) is retried for
 --retry-seconds. One JSON line per program and map goes to stdout (the journal); the exit status is 0 when
 everything converged, 1 when something failed (the rest is still applied), 2 for an unreadable desired file.
@@ -68,14 +68,9 @@ def load_desired(path):
 
 
 def _functions():
-    """The module code's entry points: (apply a program, apply map entries, exceptions meaning 'failed')."""
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils import pinned_map, program_apply
-    missing = [n for mod, n in ((program_apply, "apply"), (pinned_map, "apply_entries")) if not hasattr(mod, n)]
-    if missing:
-        raise DesiredError("this copy of hypermesh.ebpf's module_utils lacks %s: re-apply needs the functions "
-                           "the ebpf_program and ebpf_map modules run (program_apply.apply, "
-                           "pinned_map.apply_entries)" % ", ".join(missing))
-    return program_apply.apply, pinned_map.apply_entries
+    """The module code's entry points: (apply a program, apply map entries)."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_apply, program_run
+    return program_run.apply, map_apply.apply_entries
 
 
 def _line(out, **fields):

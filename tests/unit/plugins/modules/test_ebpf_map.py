@@ -8,23 +8,18 @@ import pytest
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import pinned_map as pmod
-from ansible_collections.hypermesh.ebpf.plugins.modules import ebpf_map
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_apply
 
 
 class Fail(Exception):
     pass
 
 
-class FakeModule(object):
-    def __init__(self, check=False, diff=True, **params):
-        self.params = dict(path="/sys/fs/bpf/m", name=None, map=None, pin_root="/sys/fs/bpf/hypermesh",
-                           entries=[], state="present", exact=False, key_format="ipv4", value_format="int")
-        self.params.update(params)
-        self.check_mode = check
-        self._diff = diff
-
-    def fail_json(self, msg, **kw):
-        raise Fail(msg)
+def run(check=False, diff=True, **params):
+    """What the module does with these parameters (defaults filled in as AnsibleModule would)."""
+    args = dict(path="/sys/fs/bpf/m", key_format="ipv4", value_format="int")
+    args.update(params)
+    return map_apply.apply_entries(args, check_mode=check, diff=diff)
 
 
 @pytest.fixture
@@ -77,24 +72,24 @@ IP1, IP2 = b"\x0a\0\0\x01", b"\x0a\0\0\x02"
 
 
 def test_check_mode_predicts_and_writes_nothing(kernel):
-    r = ebpf_map.run(FakeModule(check=True, entries=[{"key": "10.0.0.1", "value": 3}]))
+    r = run(check=True, entries=[{"key": "10.0.0.1", "value": 3}])
     assert r["changed"] and r["added"] == ["10.0.0.1"] and kernel["writes"] == []
     assert r["diff"] == {"before": {"entries": {"10.0.0.1": None}}, "after": {"entries": {"10.0.0.1": 3}}}
 
 
 def test_apply_then_idempotent(kernel):
     args = dict(entries=[{"key": "10.0.0.1", "value": 3}, {"key": "10.0.0.2"}])
-    r = ebpf_map.run(FakeModule(**args))
+    r = run(**args)
     assert r["changed"] and sorted(r["added"]) == ["10.0.0.1", "10.0.0.2"]
     assert kernel["data"] == {IP1: (3).to_bytes(8, "little"), IP2: bytes(8)}
     kernel["data"][IP2] = (9).to_bytes(8, "little")      # the program counts: a key without value keeps it
-    r = ebpf_map.run(FakeModule(**args))
+    r = run(**args)
     assert not r["changed"] and r["added"] == r["updated"] == r["removed"] == []
 
 
 def test_update_and_remove_lists(kernel):
     kernel["data"].update({IP1: (1).to_bytes(8, "little"), IP2: (2).to_bytes(8, "little")})
-    r = ebpf_map.run(FakeModule(entries=[{"key": "10.0.0.1", "value": 5}], exact=True))
+    r = run(entries=[{"key": "10.0.0.1", "value": 5}], exact=True)
     assert r["updated"] == ["10.0.0.1"] and r["removed"] == ["10.0.0.2"]
     assert r["diff"]["before"]["entries"] == {"10.0.0.1": 1, "10.0.0.2": 2}
     assert r["diff"]["after"]["entries"] == {"10.0.0.1": 5, "10.0.0.2": None}
@@ -104,14 +99,14 @@ def test_frozen_refused_in_check_mode_too(kernel):
     kernel["state"]["frozen"] = True
     for check in (True, False):
         with pytest.raises(pmod.MapError, match="read-only from user space"):
-            ebpf_map.run(FakeModule(check=check, entries=[{"key": "10.0.0.1", "value": 1}]))
+            run(check=check, entries=[{"key": "10.0.0.1", "value": 1}])
     assert kernel["writes"] == []
 
 
 def test_frozen_without_changes_is_fine(kernel):
     kernel["data"][IP1] = (1).to_bytes(8, "little")
     kernel["state"]["frozen"] = True
-    assert not ebpf_map.run(FakeModule(entries=[{"key": "10.0.0.1", "value": 1}]))["changed"]
+    assert not run(entries=[{"key": "10.0.0.1", "value": 1}])["changed"]
 
 
 @pytest.mark.parametrize("params,message", [
@@ -123,13 +118,13 @@ def test_frozen_without_changes_is_fine(kernel):
 ])
 def test_bad_input_writes_nothing(kernel, params, message):
     with pytest.raises((Fail, pmod.MapError, ValueError)) as err:
-        ebpf_map.run(FakeModule(**params))
+        run(**params)
     assert message in str(err.value)
     assert kernel["writes"] == []
 
 
 def test_invocation_does_not_echo_entries(kernel):
     entries = [{"key": "10.0.%d.%d" % (i >> 8, i & 255), "value": i} for i in range(500)]
-    r = ebpf_map.run(FakeModule(entries=entries))
+    r = run(entries=entries)
     assert r["invocation"]["module_args"]["entries"] == "(500 entries)"
     assert len(kernel["data"]) == 500

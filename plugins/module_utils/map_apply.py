@@ -1,0 +1,102 @@
+# -*- coding: utf-8 -*-
+# Copyright: hypermesh engineers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the ebpf_map module does, as a function: apply_entries(params, check_mode, diff) -> result.
+
+One job: encode and check every entry, plan the change against the map's live contents, write it all or
+nothing, report. The module file only declares its options and calls apply_entries(); the boot-time re-apply
+(reapply.py) calls the very same function with the parameters the ebpf_programs role saved.
+Importable without ansible.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_codec
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import pinned_map
+from ansible_collections.hypermesh.ebpf.plugins.module_utils.params import with_defaults
+
+ARGUMENT_SPEC = dict(
+    path=dict(type="path"),
+    name=dict(type="str"),
+    map=dict(type="str"),
+    pin_root=dict(type="path", default=pinned_map.DEFAULT_PIN_ROOT),
+    entries=dict(type="list", elements="dict", default=[]),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    exact=dict(type="bool", default=False),
+    key_format=dict(type="str", choices=list(map_codec.FORMATS), default="auto"),
+    value_format=dict(type="str", choices=list(map_codec.FORMATS), default="auto"),
+)
+MUTUALLY_EXCLUSIVE = [("path", "name"), ("path", "map")]
+ERRORS = (map_codec.CodecError, pinned_map.MapError, lock.LockTimeout, OSError)
+
+
+def _show(pm, vcodec, buf):
+    if buf is None:
+        return None
+    values = [vcodec.decode(c) for c in pm.cpu_values(buf)]
+    if len(values) == 1 or all(v == values[0] for v in values):
+        return values[0]
+    return values
+
+
+def apply_entries(params, check_mode=False, diff=False):
+    """Make the map hold (or not hold) params' entries (ebpf_map's options; defaults filled in). Returns the
+    result dict; raises one of ERRORS with the map left as it was."""
+    p = with_defaults(params, ARGUMENT_SPEC)
+    for a, b in MUTUALLY_EXCLUSIVE:
+        if p[a] is not None and p[b] is not None:
+            raise pinned_map.MapError("parameters are mutually exclusive: %s|%s" % (a, b))
+    if p["path"] is None and p["name"] is None:
+        raise pinned_map.MapError("one of the following is required: path, name")
+    if p["exact"] and p["state"] == "absent":
+        raise pinned_map.MapError("exact=true removes every entry not listed; it needs state=present")
+    path = pinned_map.map_path(p["path"], p["name"], p["map"], p["pin_root"])
+    with lock.HostLock():
+        with pinned_map.PinnedMap(path, write=True) as pm:
+            kcodec = pm.key_codec(p["key_format"])
+            vcodec = pm.value_codec(p["value_format"])
+            wanted = []
+            for i, entry in enumerate(p["entries"]):
+                if entry.get("key") is None:
+                    raise pinned_map.MapError("entries[%d] has no key" % i)
+                extra = sorted(set(entry) - set(("key", "value")))
+                if extra:
+                    raise pinned_map.MapError("entries[%d]: unknown field(s) %s; an entry has key and value"
+                                              % (i, ", ".join(extra)))
+                key = kcodec.encode(entry["key"], "entries[%d].key" % i)
+                label = kcodec.label(key)
+                pm.check_key(key, label)
+                value = None
+                if p["state"] == "present" and entry.get("value") is not None:
+                    value = pm.full_value(vcodec.encode(entry["value"], "entries[%d].value" % i))
+                wanted.append((key, value))
+            plan = pinned_map.plan(pm, wanted, p["state"], p["exact"])
+            changed = bool(plan["deletes"] or plan["updates"])
+            if changed and pm.read_only:
+                raise pinned_map.MapError("map %s is read-only from user space (%s); nothing was written" % (
+                    path, "frozen with BPF_MAP_FREEZE" if pm.frozen else "BPF_F_RDONLY in its map_flags"))
+            if changed and not check_mode:
+                pm.apply(plan["deletes"], plan["updates"], plan["previous"])
+            result = {
+                "changed": changed,
+                "map": pm.describe(),
+                "added": [kcodec.label(k) for k, _v in plan["updates"] if plan["before"][k] is None],
+                "updated": [kcodec.label(k) for k, _v in plan["updates"] if plan["before"][k] is not None],
+                "removed": [kcodec.label(k) for k in plan["deletes"]],
+            }
+            if diff:
+                result["diff"] = {
+                    "before": {"entries": dict((kcodec.label(k), _show(pm, vcodec, v))
+                                               for k, v in plan["before"].items())},
+                    "after": {"entries": dict((kcodec.label(k), _show(pm, vcodec, v))
+                                              for k, v in plan["after"].items())},
+                }
+            # what `-vvv` shows as the module's arguments: not 10,000 entries echoed back (and walked by
+            # AnsibleModule's no_log scrubbing, which costs more than the whole map update)
+            params = dict(p)
+            params["entries"] = "(%d entries)" % len(p["entries"])
+            result["invocation"] = {"module_args": params}
+            return result
