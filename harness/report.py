@@ -117,7 +117,8 @@ def to_markdown(report):
                 continue
             cell = entry.get("outcome", "?")
             if entry.get("counter") is not None:
-                cell += " (%s)" % entry["counter"]
+                moved = entry.get("counter_before") is None or entry["counter"] > entry["counter_before"]
+                cell += " (%s%s)" % (entry["counter"], "" if moved else ", did not move")
             cells.append(cell)
         out.append("| %s | %s |" % (p, " | ".join(cells)))
     out += ["", "## Refusals", ""]
