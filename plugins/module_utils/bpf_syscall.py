@@ -370,16 +370,21 @@ def _elem(cmd, fd, key, value=None, flags=0):
     return buf
 
 
+def _elem_found(cmd, fd, key, out=None):
+    """Run an element command; False when the kernel says the key is not there (ENOENT)."""
+    try:
+        _elem(cmd, fd, key, out)
+    except BpfError as e:
+        if e.errno == _errno.ENOENT:
+            return False
+        raise
+    return True
+
+
 def map_lookup(fd, key, value_size):
     """The value stored under `key` (bytes), or None when there is none."""
     out = ctypes.create_string_buffer(value_size)
-    try:
-        _elem(BPF_MAP_LOOKUP_ELEM, fd, key, out)
-    except BpfError as e:
-        if e.errno == _errno.ENOENT:
-            return None
-        raise
-    return out.raw
+    return out.raw if _elem_found(BPF_MAP_LOOKUP_ELEM, fd, key, out) else None
 
 
 def map_update(fd, key, value, flags=BPF_ANY):
@@ -388,25 +393,13 @@ def map_update(fd, key, value, flags=BPF_ANY):
 
 def map_delete(fd, key):
     """Delete `key`; False when it was not there."""
-    try:
-        _elem(BPF_MAP_DELETE_ELEM, fd, key)
-    except BpfError as e:
-        if e.errno == _errno.ENOENT:
-            return False
-        raise
-    return True
+    return _elem_found(BPF_MAP_DELETE_ELEM, fd, key)
 
 
 def map_next_key(fd, key, key_size):
     """The key after `key` (None: the first key); None at the end."""
     out = ctypes.create_string_buffer(key_size)
-    try:
-        _elem(BPF_MAP_GET_NEXT_KEY, fd, key, out)
-    except BpfError as e:
-        if e.errno == _errno.ENOENT:
-            return None
-        raise
-    return out.raw
+    return out.raw if _elem_found(BPF_MAP_GET_NEXT_KEY, fd, key, out) else None
 
 
 def map_lookup_batch(fd, key_size, value_size, count, in_batch=None, batch_size=None):
