@@ -4,6 +4,9 @@ A result (one JSON file per guest, written by the converge playbook, completed b
   guest, suite, cmdline, accel, boot_seconds, release, lsm (active list), features (as ebpf_facts returns
   them), programs: {name: {object, attach, outcome: attached|loaded|refused|failed, message, counter}},
   steps: {step: seconds}
+The rollout phase (side_effect.yml) adds results/<guest>.rollout.json (rollout1, rollout2, reboot, prune: changed
+task counts, seconds, the kernel state read in the guest and its problems) and results/plays-side_effect.json
+(every play's seconds, for the phase times).
 """
 import glob
 import json
@@ -27,9 +30,12 @@ def _load(path, default):
         return default
 
 
-def merge(converge, verify=None, instance=None, steps=None):
-    """One guest's result: converge's record, verify's counters, the harness' boot record, step times."""
+def merge(converge, verify=None, instance=None, steps=None, rollout=None):
+    """One guest's result: converge's record, verify's counters, the harness' boot record, step times, and
+    the rollout phase's record."""
     r = dict(converge)
+    if rollout:
+        r["rollout"] = rollout
     programs = {n: dict(p) for n, p in r.get("programs", {}).items()}
     for name, c in (verify or {}).items():
         if name in programs:
@@ -52,11 +58,43 @@ def load_run(run):
     for path in glob.glob(os.path.join(run, "results", "*.converge.json")):
         name = os.path.basename(path)[:-len(".converge.json")]
         verify = _load(os.path.join(run, "results", name + ".verify.json"), {})
-        results.append(merge(_load(path, {"guest": name}), verify, instances.get(name), steps))
+        rollout = _load(os.path.join(run, "results", name + ".rollout.json"), None)
+        results.append(merge(_load(path, {"guest": name}), verify, instances.get(name), steps, rollout))
+    phases = load_phases(run)
+    for r in results:
+        r["rollout_phases"] = phases
     return sorted(results, key=lambda r: (_rank(r.get("guest", "")), r.get("guest", "")))
 
 
-def to_json(results, generated=None):
+def load_phases(run):
+    """[(play name, seconds)] of the rollout phase, in order (results/plays-side_effect.json)."""
+    doc = _load(os.path.join(run, "results", "plays-side_effect.json"), {})
+    return [[p.get("name", "?"), p.get("seconds")] for p in doc.get("plays", [])]
+
+
+def rollout_summary(rec):
+    """The rollout record of one guest, reduced to what the report shows (None when there is none)."""
+    if not rec:
+        return None
+    out = {}
+    for phase in ("rollout1", "rollout2", "prune"):
+        if phase in rec:
+            out[phase] = {"changed": rec[phase].get("changed"), "seconds": rec[phase].get("seconds"),
+                          "problems": (rec[phase].get("kernel") or {}).get("problems", [])}
+    if "reboot" in rec:
+        rb = rec["reboot"]
+        kernel = rb.get("kernel") or {}
+        state = [l for l in rb.get("reapply") or [] if l.startswith(("ActiveState=", "ExecMainStatus="))]
+        out["reboot"] = {"seconds": rb.get("seconds"), "reapply": " ".join(sorted(state)),
+                         "programs_back": sorted(n for n, p in (kernel.get("programs") or {}).items()
+                                                 if p.get("prog_id")),
+                         "blocked": kernel.get("blocked"), "problems": kernel.get("problems", [])}
+    if "prune" in rec:
+        out["prune"]["removed"] = sorted((rec["prune"].get("kernel") or {}).get("absent", {}))
+    return out
+
+
+def to_json(results, generated=None, phases=None):
     """The report as a dict: per guest (kernel), release, features as ebpf_facts returns them, outcomes."""
     guests = {}
     for r in results:
@@ -78,9 +116,12 @@ def to_json(results, generated=None):
             "accel": r.get("accel"),
             "boot_seconds": r.get("boot_seconds"),
         }
+        if r.get("rollout"):
+            guests[r["guest"]]["rollout"] = rollout_summary(r["rollout"])
     steps = results[0].get("steps", {}) if results else {}
     return {"generated": generated or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "guests": guests, "steps_seconds": steps}
+            "guests": guests, "steps_seconds": steps,
+            "rollout_phases": phases or (results[0].get("rollout_phases", []) if results else [])}
 
 
 def _mark(feature):
@@ -134,6 +175,32 @@ def to_markdown(report):
         out.append("| %s | %s | %s | %s | %s |" % (n, g["cmdline"] or "-", g["accel"] or "?",
                                                  g["boot_seconds"] if g["boot_seconds"] is not None else "?",
                                                  ",".join(g["lsm"]) or "?"))
+    rolled = [n for n in names if guests[n].get("rollout")]
+    if rolled:
+        out += ["", "## Rollout (playbooks/rollout.yml on every guest at once, then reboot, then prune)", "",
+                "Side effect of the scenario (extensions/molecule/default/side_effect.yml): r_blocklist (XDP, "
+                "declared map entry), r_tc (tc egress), r_rawtp (raw tracepoint). Changed tasks per rollout; "
+                "after the reboot, what `hypermesh-ebpf-reapply.service` put back (read in the guest: pins, "
+                "program and link lists, XDP/tc through netlink) and the blocklist's drop count for its entry "
+                "before and after 20 datagrams from that source; prune: the program removed from the kernel.", "",
+                "| guest | rollout 1 changed | rollout 2 changed | reboot (s) | re-apply unit | back after reboot "
+                "| drops counted | prune removed | problems |", "|---|---|---|---|---|---|---|---|---|"]
+        for n in rolled:
+            ro = guests[n]["rollout"]
+            rb = ro.get("reboot") or {}
+            bl = rb.get("blocked") or {}
+            problems = [p for k in ("rollout1", "reboot", "prune") for p in (ro.get(k) or {}).get("problems", [])]
+            out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                n, (ro.get("rollout1") or {}).get("changed", "-"), (ro.get("rollout2") or {}).get("changed", "-"),
+                rb.get("seconds", "-"), rb.get("reapply") or "-", ", ".join(rb.get("programs_back", [])) or "-",
+                "%s -> %s" % (bl.get("before"), bl.get("after")) if bl else "-",
+                ", ".join((ro.get("prune") or {}).get("removed", [])) or "-",
+                "; ".join(problems).replace("|", "/") or "none"))
+    if report.get("rollout_phases"):
+        out += ["", "## Rollout phase times (seconds, all guests together)", "",
+                "| play | seconds |", "|---|---|"]
+        for name, secs in report["rollout_phases"]:
+            out.append("| %s | %s |" % (name.replace("|", "/"), secs))
     if report.get("steps_seconds"):
         out += ["", "## Steps (seconds, all guests together)", "",
                 "| " + " | ".join(report["steps_seconds"]) + " |",
@@ -142,8 +209,8 @@ def to_markdown(report):
     return "\n".join(out) + "\n"
 
 
-def write(results, outdir, generated=None):
-    report = to_json(results, generated)
+def write(results, outdir, generated=None, phases=None):
+    report = to_json(results, generated, phases)
     with open(os.path.join(outdir, "kernel-matrix.json"), "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
         f.write("\n")

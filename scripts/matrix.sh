@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The kernel matrix: build (or reuse) the Debian guest images, run the Molecule scenario on qemu guests
-# (create, prepare, converge, idempotence, verify, destroy, each step timed), write docs/kernel-matrix.*.
+# (create, prepare, converge, idempotence, verify, rollout = side_effect, destroy, each step timed), write docs/kernel-matrix.*.
 #   scripts/matrix.sh            the five Debian guests (scenario default)
 #   scripts/matrix.sh custom     a kernel you bring: HYPERMESH_GUEST_KERNEL=... (see docs/harness.md)
 # Environment: HYPERMESH_CACHE (images, default /var/cache/hypermesh-ebpf), HYPERMESH_ACCEL=auto|kvm|tcg,
@@ -99,6 +99,7 @@ step prepare molecule prepare -s "$scenario"
 step converge molecule converge -s "$scenario"
 step idempotence molecule idempotence -s "$scenario"
 step verify molecule verify -s "$scenario"
+step rollout molecule side_effect -s "$scenario"
 if [ "${HYPERMESH_KEEP:-0}" != 1 ]; then
   step destroy_end molecule destroy -s "$scenario"
   python3 -m harness check-clean --state "$HYPERMESH_STATE"

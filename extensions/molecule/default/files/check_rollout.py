@@ -1,0 +1,161 @@
+#!/usr/bin/python3
+"""Read, in the guest, the kernel state of the rollout's programs and print it as JSON with the problems found.
+
+  check_rollout.py --pin-root DIR --present JSON --absent JSON [--blocked PROG/MAP/IPV4] [--ids FILE]
+
+--present {name: attach point as the role was given it}: the program is pinned (<pin-root>/<name>/prog), the
+  kernel lists that program, and it is attached where it should be: XDP and tc read back through netlink
+  (`bpftool net show` inside the namespace), link-based kinds through the pinned link and `bpftool link show`.
+--absent [name]: no pins left under <pin-root>/<name>, and the program and link ids this checker saw for it the
+  last time (--ids) are gone from the kernel's lists.
+--blocked PROG/MAP/ADDR: ADDR is a key of the pinned map, and 20 UDP datagrams sent from ADDR's namespace hm0
+  to 10.199.1.2 move its value (the XDP blocklist counts the drops per source).
+Exit status 0; the caller asserts `problems` is empty (so the state is recorded either way).
+"""
+import argparse
+import json
+import os
+import socket
+import struct
+import subprocess
+import time
+
+
+def run_json(argv):
+    out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    if out.returncode != 0:
+        raise RuntimeError("%s: %s" % (" ".join(argv), out.stderr.strip()))
+    return json.loads(out.stdout or "null")
+
+
+def bpftool(*args, netns=None):
+    argv = ["bpftool", "-j"] + list(args)
+    if netns:
+        argv = ["ip", "netns", "exec", netns] + argv
+    return run_json(argv)
+
+
+def raw_int(v):
+    """bpftool's raw bytes (a list of "0x.." without BTF), or the BTF-formatted integer."""
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return int.from_bytes(bytes(int(x, 16) for x in v), "little")
+    return v
+
+
+def map_value(path, key_bytes):
+    """The value of key_bytes in a pinned hash map of u64 values, or None when the key is not there."""
+    want_le = int.from_bytes(key_bytes, "little")
+    for e in bpftool("map", "dump", "pinned", path) or []:
+        if "formatted" in e:
+            e = e["formatted"]
+        if raw_int(e.get("key")) == want_le:
+            return raw_int(e.get("value"))
+    return None
+
+
+def pinned_id(path, kind):
+    if not os.path.exists(path):
+        return None
+    return bpftool(kind, "show", "pinned", path).get("id")
+
+
+def check_present(root, name, attach, progs, links, problems):
+    d = os.path.join(root, name)
+    rec = {"pins": sorted(os.listdir(d)) if os.path.isdir(d) else []}
+    pid = pinned_id(os.path.join(d, "prog"), "prog")
+    rec["prog_id"] = pid
+    if pid is None:
+        problems.append("%s: no pinned program at %s/prog" % (name, d))
+        return rec
+    if pid not in progs:
+        problems.append("%s: pinned program %s not in the kernel's program list" % (name, pid))
+    kind, point = list(attach.items())[0]
+    if kind in ("xdp", "tc"):
+        net = bpftool("net", "show", "dev", point["interface"], netns=point.get("netns"))
+        net = net[0] if isinstance(net, list) and net else (net or {})
+        if kind == "xdp":
+            ids = [x.get("id") for x in net.get("xdp", [])]
+        else:
+            direction = point.get("direction", "ingress")
+            ids = [x.get("id") for x in net.get("tc", []) if str(x.get("kind", "")).endswith(direction)]
+        rec["attached_ids"] = ids
+        if pid not in ids:
+            problems.append("%s: %s on %s (netns %s) runs %s, not the pinned program %s"
+                            % (name, kind, point["interface"], point.get("netns"), ids or "nothing", pid))
+    else:
+        lid = pinned_id(os.path.join(d, "link"), "link")
+        rec["link_id"] = lid
+        if lid is None:
+            problems.append("%s: no pinned link at %s/link" % (name, d))
+        elif lid not in links:
+            problems.append("%s: pinned link %s not in the kernel's link list" % (name, lid))
+        elif links[lid].get("prog_id") != pid:
+            problems.append("%s: link %s runs program %s, not %s" % (name, lid, links[lid].get("prog_id"), pid))
+    return rec
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pin-root", required=True)
+    ap.add_argument("--present", default="{}")
+    ap.add_argument("--absent", default="[]")
+    ap.add_argument("--blocked")
+    ap.add_argument("--ids", default="/var/lib/hm-matrix/rollout-ids.json")
+    args = ap.parse_args()
+    problems, out = [], {"programs": {}, "absent": {}}
+    try:
+        progs = {p["id"]: p for p in bpftool("prog", "show") or []}
+        links = {l["id"]: l for l in bpftool("link", "show") or []}
+        for name, attach in sorted(json.loads(args.present).items()):
+            out["programs"][name] = check_present(args.pin_root, name, attach, progs, links, problems)
+        try:
+            with open(args.ids) as f:
+                seen = json.load(f)
+        except (OSError, ValueError):
+            seen = {}
+        for name in json.loads(args.absent):
+            d = os.path.join(args.pin_root, name)
+            rec = {"pins_left": sorted(os.listdir(d)) if os.path.isdir(d) else [], "ids_before": seen.get(name)}
+            if rec["pins_left"] or os.path.exists(d):
+                problems.append("%s: pruned but %s still has %s" % (name, d, rec["pins_left"]))
+            before = seen.get(name) or {}
+            if not before.get("prog_id"):
+                problems.append("%s: no program id recorded for it before the prune (run --present first)" % name)
+            if before.get("prog_id") in progs:
+                problems.append("%s: program %s still loaded" % (name, before["prog_id"]))
+            if before.get("link_id") and before["link_id"] in links:
+                problems.append("%s: link %s still in the kernel" % (name, before["link_id"]))
+            out["absent"][name] = rec
+        if args.blocked:
+            prog, mapname, addr = args.blocked.split("/")
+            path = os.path.join(args.pin_root, prog, "maps", mapname)
+            key = socket.inet_aton(addr)
+            before = map_value(path, key)
+            sent = 0
+            if before is None:
+                problems.append("%s: key %s not in %s" % (prog, addr, path))
+            else:
+                subprocess.run(["ip", "netns", "exec", "hm0", "python3", "-c",
+                                "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                                "for _ in range(20):\n"
+                                "    s.sendto(bytes(56), ('10.199.1.2', 9)); time.sleep(0.01)\n"], check=True)
+                sent = 20
+                time.sleep(0.5)
+            after = map_value(path, key)
+            out["blocked"] = {"map": path, "key": addr, "before": before, "after": after, "sent": sent}
+            if before is not None and (after is None or after <= before):
+                problems.append("%s: drops counted for %s stayed at %s after %d datagrams from it"
+                                % (prog, addr, after, sent))
+        seen.update({n: {"prog_id": r.get("prog_id"), "link_id": r.get("link_id")}
+                     for n, r in out["programs"].items()})
+        os.makedirs(os.path.dirname(args.ids), exist_ok=True)
+        with open(args.ids, "w") as f:
+            json.dump(seen, f)
+    except (RuntimeError, ValueError, OSError, subprocess.CalledProcessError) as e:
+        problems.append("checker: %s" % e)
+    out["problems"] = problems
+    print(json.dumps(out, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
