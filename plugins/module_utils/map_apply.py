@@ -15,6 +15,7 @@ __metaclass__ = type
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_codec
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_file
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import pinned_map
 from ansible_collections.hypermesh.ebpf.plugins.module_utils.params import with_defaults
 
@@ -24,13 +25,27 @@ ARGUMENT_SPEC = dict(
     map=dict(type="str"),
     pin_root=dict(type="path", default=pinned_map.DEFAULT_PIN_ROOT),
     entries=dict(type="list", elements="dict", default=[]),
+    src=dict(type="path"),
     state=dict(type="str", choices=["present", "absent"], default="present"),
     exact=dict(type="bool", default=False),
     key_format=dict(type="str", choices=list(map_codec.FORMATS), default="auto"),
     value_format=dict(type="str", choices=list(map_codec.FORMATS), default="auto"),
 )
 MUTUALLY_EXCLUSIVE = [("path", "name"), ("path", "map")]
-ERRORS = (map_codec.CodecError, pinned_map.MapError, lock.LockTimeout, OSError)
+ERRORS = (map_codec.CodecError, pinned_map.MapError, map_file.EntriesFileError, lock.LockTimeout, OSError)
+
+
+def _encode(codec, value, where, i, side):
+    """codec.encode(value); the "<where>[i].<side>" label is only made for the error message (10,000 entries
+    would format 20,000 labels that are never shown)."""
+    try:
+        return codec.encode(value)
+    except map_codec.CodecError:
+        return codec.encode(value, "%s[%d].%s" % (where, i, side))  # raises again, naming the entry
+
+
+def _labels(codec, keys):
+    return codec.labels_many(b"".join(keys), len(keys))
 
 
 def _show(pm, vcodec, buf):
@@ -53,25 +68,31 @@ def apply_entries(params, check_mode=False, diff=False):
         raise pinned_map.MapError("one of the following is required: path, name")
     if p["exact"] and p["state"] == "absent":
         raise pinned_map.MapError("exact=true removes every entry not listed; it needs state=present")
+    entries, where = p["entries"], "entries"
+    if p["src"] is not None:
+        if entries:
+            raise pinned_map.MapError("parameters are mutually exclusive: entries|src")
+        entries, where = map_file.load_entries(p["src"]), p["src"] + ": entry"
     path = pinned_map.map_path(p["path"], p["name"], p["map"], p["pin_root"])
     with lock.HostLock():
         with pinned_map.PinnedMap(path, write=True) as pm:
             kcodec = pm.key_codec(p["key_format"])
             vcodec = pm.value_codec(p["value_format"])
             wanted = []
-            for i, entry in enumerate(p["entries"]):
+            with_value = p["state"] == "present"
+            for i, entry in enumerate(entries):
                 if entry.get("key") is None:
-                    raise pinned_map.MapError("entries[%d] has no key" % i)
-                extra = sorted(set(entry) - set(("key", "value")))
-                if extra:
-                    raise pinned_map.MapError("entries[%d]: unknown field(s) %s; an entry has key and value"
-                                              % (i, ", ".join(extra)))
-                key = kcodec.encode(entry["key"], "entries[%d].key" % i)
-                label = kcodec.label(key)
-                pm.check_key(key, label)
+                    raise pinned_map.MapError("%s[%d] has no key" % (where, i))
+                if len(entry) > 2 or (len(entry) == 2 and "value" not in entry):
+                    extra = sorted(set(entry) - set(("key", "value")))
+                    raise pinned_map.MapError("%s[%d]: unknown field(s) %s; an entry has key and value"
+                                              % (where, i, ", ".join(extra)))
+                key = _encode(kcodec, entry["key"], where, i, "key")
+                if pm.is_array:
+                    pm.check_key(key, kcodec.label(key))
                 value = None
-                if p["state"] == "present" and entry.get("value") is not None:
-                    value = pm.full_value(vcodec.encode(entry["value"], "entries[%d].value" % i))
+                if with_value and entry.get("value") is not None:
+                    value = pm.full_value(_encode(vcodec, entry["value"], where, i, "value"))
                 wanted.append((key, value))
             plan = pinned_map.plan(pm, wanted, p["state"], p["exact"])
             changed = bool(plan["deletes"] or plan["updates"])
@@ -83,9 +104,9 @@ def apply_entries(params, check_mode=False, diff=False):
             result = {
                 "changed": changed,
                 "map": pm.describe(),
-                "added": [kcodec.label(k) for k, _v in plan["updates"] if plan["before"][k] is None],
-                "updated": [kcodec.label(k) for k, _v in plan["updates"] if plan["before"][k] is not None],
-                "removed": [kcodec.label(k) for k in plan["deletes"]],
+                "added": _labels(kcodec, [k for k, _v in plan["updates"] if plan["before"][k] is None]),
+                "updated": _labels(kcodec, [k for k, _v in plan["updates"] if plan["before"][k] is not None]),
+                "removed": _labels(kcodec, plan["deletes"]),
             }
             if diff:
                 result["diff"] = {
@@ -98,5 +119,7 @@ def apply_entries(params, check_mode=False, diff=False):
             # AnsibleModule's no_log scrubbing, which costs more than the whole map update)
             params = dict(p)
             params["entries"] = "(%d entries)" % len(p["entries"])
+            if p["src"] is not None:
+                result["src_entries"] = len(entries)
             result["invocation"] = {"module_args": params}
             return result

@@ -423,8 +423,20 @@ class Codec(object):
         stride = stride or size
         if stride == size and self._unpack:
             return [v[0] for v in struct.iter_unpack(self._unpack, blob[:count * size])]
+        if stride == size and self.fmt == "ipv4":
+            return ["%d.%d.%d.%d" % q for q in struct.iter_unpack("4B", blob[:count * 4])]
         decode = self.decode
         return [decode(blob[i * stride:i * stride + size]) for i in range(count)]
+
+    def labels_many(self, blob, count):
+        """label() of `count` keys laid out back to back in one bytes blob, as strings."""
+        decoded = self.decode_many(blob, count)
+        if decoded and isinstance(decoded[0], (dict, list)):
+            size = self.size
+            return [blob[i * size:(i + 1) * size].hex() for i in range(count)]
+        if decoded and not isinstance(decoded[0], str):
+            return [str(d) for d in decoded]
+        return decoded
 
     def encode(self, value, label=None):
         what = label or self.what

@@ -13,7 +13,8 @@
 - `PinnedMap.apply()` writes in order (deletes first, then updates, batched where possible) and keeps an undo
   log; when the kernel refuses one write (map full, ...) it puts every key already touched back the way it
   was and raises MapError.
-- `read_entries(pm, key_format, value_format, keys=None)`: decoded entries for ebpf_map_info.
+- `read_entries(pm, key_format, value_format, keys=None, as_dict=False)`: decoded entries for ebpf_map_info
+  (a list of {key, value}, or one {key label: value} dict).
 Keys and values here are bytes; map_codec turns user input into them.
 """
 
@@ -363,9 +364,11 @@ def plan(pm, entries, state="present", exact=False):
     return {"deletes": deletes, "updates": updates, "before": before, "after": after, "previous": previous}
 
 
-def read_entries(pm, key_format="auto", value_format="auto", keys=None):
+def read_entries(pm, key_format="auto", value_format="auto", keys=None, as_dict=False):
     """Decoded entries of an open PinnedMap for ebpf_map_info: [{key, value}], per-CPU maps add
-    `values` (one per CPU) and `value` is their sum."""
+    `values` (one per CPU) and `value` is their sum. With as_dict, {key label: value} instead (one dict of
+    scalars: far cheaper for Ansible to carry than one dict per entry); key labels are strings
+    (map_codec.Codec.label), per-CPU values are the sums."""
     kcodec = pm.key_codec(key_format)
     vcodec = pm.value_codec(value_format)
     if keys is None:
@@ -379,14 +382,20 @@ def read_entries(pm, key_format="auto", value_format="auto", keys=None):
                 found.append((raw, buf))
         pm.read_method = "lookup"
         kblob, vblob, count = b"".join(k for k, _v in found), b"".join(v for _k, v in found), len(found)
-    decoded_keys = kcodec.decode_many(kblob, count)
+    decoded_keys = kcodec.labels_many(kblob, count) if as_dict else kcodec.decode_many(kblob, count)
     if not pm.percpu:
-        return [{"key": k, "value": v} for k, v in zip(decoded_keys, vcodec.decode_many(vblob, count))]
-    entries = []
+        values = vcodec.decode_many(vblob, count)
+        if as_dict:
+            return dict(zip(decoded_keys, values))
+        return [{"key": k, "value": v} for k, v in zip(decoded_keys, values)]
     stride = map_codec.percpu_stride(pm.value_size)
     per_cpu = vcodec.decode_many(vblob, count * pm.ncpus, stride)
+    n = pm.ncpus
+    if as_dict:
+        return dict((key, map_codec.sum_values(per_cpu[i * n:(i + 1) * n])) for i, key in enumerate(decoded_keys))
+    entries = []
     for i, key in enumerate(decoded_keys):
-        values = per_cpu[i * pm.ncpus:(i + 1) * pm.ncpus]
+        values = per_cpu[i * n:(i + 1) * n]
         entries.append({"key": key, "values": values, "value": map_codec.sum_values(values)})
     return entries
 

@@ -51,9 +51,23 @@ options:
         changes itself, such as the example blocklist's per-source drop counter, so that a second run does
         not reset them.
       - Each dict is checked by the module (not by a suboption spec, which costs seconds for 10,000 entries).
+      - Mutually exclusive with O(src).
     type: list
     elements: dict
     default: []
+  src:
+    description:
+      - Read the entries from this file on the managed host instead of O(entries) (like C(bpftool batch file)).
+        For big maps, 10,000 entries passed from the controller cost Ansible seconds of templating and
+        argument checking; a file already on the host costs nothing of that (put it there with
+        M(ansible.builtin.copy) once, or let M(hypermesh.ebpf.ebpf_map_info) O(hypermesh.ebpf.ebpf_map_info#module:dest) write it).
+      - "The file holds JSON, either a list of C({key, value}) dicts as in O(entries), or an object
+        C({key: value}) (ebpf_map_info's O(hypermesh.ebpf.ebpf_map_info#module:entries_as=dict)), or
+        C({entries: ...}) (a saved ebpf_map_info result); or plain lines C(KEY) or C(KEY VALUE) (or
+        C(KEY,VALUE)), C(#) starting a comment. Keys and values are read in O(key_format) / O(value_format)."
+      - The whole file is read and checked before the map is touched; a file that cannot be read or parsed
+        is an error naming the file (and line), with nothing written.
+    type: path
   state:
     description: Whether the O(entries) must be present (with these values) or absent.
     type: str
@@ -101,6 +115,14 @@ EXAMPLES = r"""
     entries:
       - {key: 192.0.2.10, value: 0}
 
+- name: Exactly the 10,000 sources listed in a file on the host, one address per line
+  hypermesh.ebpf.ebpf_map:
+    name: blocklist
+    map: blocklist
+    key_format: ipv4
+    src: /etc/hypermesh/blocklist.txt
+    exact: true
+
 - name: Unblock one source
   hypermesh.ebpf.ebpf_map:
     name: blocklist
@@ -142,6 +164,10 @@ removed:
   returned: always
   type: list
   elements: str
+src_entries:
+  description: Number of entries read from O(src).
+  returned: when O(src) is set
+  type: int
 diff:
   description: The changed keys before and after (C(null) = absent); per-CPU values that differ between CPUs
     are shown as a list, one item per CPU.
