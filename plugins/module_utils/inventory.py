@@ -10,6 +10,8 @@ under which name, and the XDP / tc / tcx programs of every interface in the give
 - `programs()`, `maps()`, `links()`: info dicts from bpf_syscall, objects that vanish while listed are skipped.
 - `run_stats(seconds)`: context manager that turns program run-time stats on while it is open
   (BPF_ENABLE_STATS, 5.8+, else the kernel.bpf_stats_enabled sysctl, put back after) and says which.
+- `wait_for_runs(names, pin_root, timeout)`: with stats on, poll the named managed programs until each has run
+  (its run count grew) or the timeout passed; the health check of roles/ebpf_programs.
 - `interfaces(netns)`: [{"ifname", "ifindex", "netns", "xdp", "tc": {"ingress", "egress"}, "tcx": {...}}].
 Importable without ansible.
 """
@@ -157,6 +159,41 @@ def run_stats(seconds=0):
             _write_sysctl(restore)
 
 
+def _open_managed_progs(names, pin_root):
+    """{name: fd of <pin_root>/<name>/prog}; names without a pinned program are left out."""
+    fds = {}
+    for name in names:
+        try:
+            fds[name] = bs.obj_get(os.path.join(pin_root, name, "prog"))
+        except OSError:
+            pass
+    return fds
+
+
+def wait_for_runs(names, pin_root=DEFAULT_PIN_ROOT, timeout=0, interval=0.1):
+    """Poll (statistics must be on) until every managed program in `names` has run since this call began, or
+    `timeout` seconds passed. Returns {"ran": {name: runs counted}, "stalled": [names], "missing": [names not
+    pinned], "waited": seconds}. Only bpf(2) calls while polling: the wait itself runs no program."""
+    fds = _open_managed_progs(names, pin_root)
+    try:
+        start = time.time()
+        base = dict((n, bs.prog_info(fd)["run_cnt"]) for n, fd in fds.items())
+        ran = dict((n, 0) for n in fds)
+        while True:
+            for n, fd in fds.items():
+                ran[n] = bs.prog_info(fd)["run_cnt"] - base[n]
+            stalled = sorted(n for n in fds if ran[n] <= 0)
+            waited = time.time() - start
+            if not stalled or waited >= timeout:
+                break
+            time.sleep(min(interval, max(0.0, timeout - waited)))
+    finally:
+        for fd in fds.values():
+            bs.close(fd)
+    missing = sorted(n for n in names if n not in fds)
+    return {"ran": ran, "stalled": sorted(stalled + missing), "missing": missing, "waited": round(waited, 3)}
+
+
 def _interface_names(netns):
     from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
     with netlink.in_netns(netns):
@@ -187,11 +224,17 @@ def interfaces(netns=None):
     return out
 
 
-def collect(pin_root=DEFAULT_PIN_ROOT, netns=None, stats=False, stats_seconds=0):
-    """Everything ebpf_info returns. netns: list of namespace names (the current one is always included)."""
+def collect(pin_root=DEFAULT_PIN_ROOT, netns=None, stats=False, stats_seconds=0, wait_for=None):
+    """Everything ebpf_info returns. netns: list of namespace names (the current one is always included).
+    wait_for: managed program names to wait for (stats on, at most stats_seconds), see wait_for_runs."""
     index = managed_index(pin_root)
     result = {}
-    if stats:
+    if wait_for:
+        with run_stats(0) as how:
+            how.update(wait_for_runs(wait_for, pin_root, stats_seconds))
+            progs = programs()
+        result["stats"] = how
+    elif stats:
         with run_stats(stats_seconds) as how:
             progs = programs()
         result["stats"] = how

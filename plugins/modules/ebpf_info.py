@@ -41,8 +41,19 @@ options:
   stats_seconds:
     description: With O(stats=true), keep statistics on this many seconds before reading, so programs that
       run in that window are counted.
+      With O(wait_for_runs), the longest time to wait.
     type: float
     default: 0
+  wait_for_runs:
+    description:
+      - Names of managed programs (under O(pin_root)) to wait for, with statistics on from the start of the wait
+        (implies O(stats=true)). The module polls their run counts until each has grown or O(stats_seconds)
+        passed, and says which ran in RV(stats.ran) and which did not in RV(stats.stalled). The wait itself only
+        makes bpf(2) calls, so it cannot run a program by itself. The health check of the ebpf_programs role.
+      - A name without a pinned program counts as stalled (and is listed in RV(stats.missing)).
+    type: list
+    elements: str
+    default: []
 extends_documentation_fragment:
   - hypermesh.ebpf.attributes.INFO_MODULE
 """
@@ -57,6 +68,13 @@ EXAMPLES = r"""
     stats: true
     stats_seconds: 2
     netns: [blue]
+
+- name: Wait up to 30 s for the managed programs openat and sched to run
+  hypermesh.ebpf.ebpf_info:
+    wait_for_runs: [openat, sched]
+    stats_seconds: 30
+  register: runs
+  failed_when: runs.stats.stalled | length > 0
 """
 
 RETURN = r"""
@@ -92,10 +110,30 @@ managed_names:
   type: list
   elements: str
 stats:
-  description: How statistics were turned on.
-  returned: when O(stats=true)
+  description: How statistics were turned on; with O(wait_for_runs), also what the wait saw.
+  returned: when O(stats=true) or O(wait_for_runs)
   type: dict
-  sample: {method: bpf_enable_stats, seconds: 2}
+  sample: {method: bpf_enable_stats, seconds: 0, ran: {openat: 212, sched: 0}, stalled: [sched], missing: [],
+           waited: 30.0}
+  contains:
+    ran:
+      description: With O(wait_for_runs), runs counted during the wait, per program.
+      type: dict
+      returned: with O(wait_for_runs)
+    stalled:
+      description: With O(wait_for_runs), the programs that did not run during the wait (missing ones too).
+      type: list
+      elements: str
+      returned: with O(wait_for_runs)
+    missing:
+      description: With O(wait_for_runs), the names without a pinned program under O(pin_root).
+      type: list
+      elements: str
+      returned: with O(wait_for_runs)
+    waited:
+      description: With O(wait_for_runs), seconds waited.
+      type: float
+      returned: with O(wait_for_runs)
 """
 
 import os
@@ -112,6 +150,7 @@ def main():
             netns=dict(type="list", elements="str", default=[]),
             stats=dict(type="bool", default=False),
             stats_seconds=dict(type="float", default=0),
+            wait_for_runs=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )
@@ -122,7 +161,8 @@ def main():
         if "/" not in ns and not os.path.exists("/run/netns/" + ns):
             module.fail_json(msg="network namespace %s does not exist (/run/netns/%s)" % (ns, ns))
     try:
-        result = inventory.collect(p["pin_root"], p["netns"], p["stats"], p["stats_seconds"])
+        result = inventory.collect(p["pin_root"], p["netns"], p["stats"], p["stats_seconds"],
+                                   wait_for=p["wait_for_runs"])
     except Exception as e:  # report, do not traceback: any kernel/netlink error here is the host's state
         module.fail_json(msg="reading the host's BPF objects failed: %s" % e)
     module.exit_json(changed=False, **result)

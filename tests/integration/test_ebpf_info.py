@@ -123,6 +123,38 @@ def test_stats_count_runs_and_turn_back_off(world):
     assert bt.get("run_cnt", 0) >= mine["run_cnt"]
 
 
+def test_wait_for_runs_returns_when_the_program_ran_and_names_the_ones_that_did_not(world):
+    """With traffic (from 1.5 s into the wait), blk (XDP on b) is seen running well before the 20 s timeout; a program nothing runs is stalled after the whole timeout, and so is a name not pinned."""
+    pair = world["pair"]
+    stop = threading.Event()
+
+    def traffic():
+        stop.wait(1.5)
+        while not stop.is_set():
+            ping(pair["a"], pair["b_ip"], 2)
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        r = module("ebpf_info", {"pin_root": world["root"], "wait_for_runs": ["blk"], "stats_seconds": 20})
+    finally:
+        stop.set()
+        thread.join()
+    assert not r.get("failed"), r
+    assert r["stats"]["stalled"] == [] and r["stats"]["ran"]["blk"] > 0, r["stats"]
+    assert r["stats"]["waited"] < 15, r["stats"]  # it returned when blk ran, not at the timeout
+
+    # "idle" is loaded and pinned but attached nowhere: nothing can run it
+    program(world["root"], "idle", "xdp_counter.bpf.o", state="loaded")
+    try:
+        r = module("ebpf_info", {"pin_root": world["root"], "wait_for_runs": ["idle", "nosuch"],
+                                 "stats_seconds": 2})
+    finally:
+        drop_program(world["root"], "idle")
+    assert not r.get("failed"), r
+    assert r["stats"]["stalled"] == ["idle", "nosuch"] and r["stats"]["missing"] == ["nosuch"], r["stats"]
+    assert r["stats"]["ran"] == {"idle": 0} and r["stats"]["waited"] >= 2, r["stats"]
+
+
 def test_unknown_netns_is_a_clear_error(world):
     r = module("ebpf_info", {"pin_root": world["root"], "netns": ["hm-no-such-ns"]})
     assert r.get("failed") and "hm-no-such-ns does not exist" in r["msg"], r

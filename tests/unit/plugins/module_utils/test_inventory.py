@@ -104,3 +104,20 @@ def test_objects_that_vanish_are_skipped(monkeypatch):
     monkeypatch.setattr(bs, "get_fd_by_id", get_fd)
     monkeypatch.setattr(inv, "_INFO", {"prog": lambda fd: {"id": fd}})
     assert len(inv.programs()) == 2
+
+
+def test_wait_for_runs_stops_when_every_program_ran(monkeypatch):
+    """'a' runs on the third poll, 'b' on the first; a name with no pin is missing and stalled; fds are closed."""
+    counts = {"a": [5, 5, 5, 6], "b": [0, 1]}
+    closed = []
+    monkeypatch.setattr(bs, "obj_get", lambda path: {"/r/a/prog": "a", "/r/b/prog": "b"}[path]
+                        if path in ("/r/a/prog", "/r/b/prog") else (_ for _ in ()).throw(OSError(errno.ENOENT, path)))
+    monkeypatch.setattr(bs, "prog_info", lambda fd: {"run_cnt": counts[fd].pop(0) if len(counts[fd]) > 1
+                                                     else counts[fd][0]})
+    monkeypatch.setattr(bs, "close", closed.append)
+    r = inv.wait_for_runs(["a", "b"], "/r", timeout=5, interval=0.01)
+    assert r["ran"] == {"a": 1, "b": 1} and r["stalled"] == [] and r["waited"] < 5
+    assert sorted(closed) == ["a", "b"]
+    r = inv.wait_for_runs(["a", "gone"], "/r", timeout=0.05, interval=0.01)
+    assert r["ran"] == {"a": 0} and r["stalled"] == ["a", "gone"] and r["missing"] == ["gone"]
+    assert r["waited"] >= 0.05
