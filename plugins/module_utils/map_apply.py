@@ -35,15 +35,6 @@ MUTUALLY_EXCLUSIVE = [("path", "name"), ("path", "map")]
 ERRORS = (map_codec.CodecError, pinned_map.MapError, map_file.EntriesFileError, lock.LockTimeout, OSError)
 
 
-def _encode(codec, value, where, i, side):
-    """codec.encode(value); the "<where>[i].<side>" label is only made for the error message (10,000 entries
-    would format 20,000 labels that are never shown)."""
-    try:
-        return codec.encode(value)
-    except map_codec.CodecError:
-        return codec.encode(value, "%s[%d].%s" % (where, i, side))  # raises again, naming the entry
-
-
 def _labels(codec, keys):
     return codec.labels_many(b"".join(keys), len(keys))
 
@@ -78,8 +69,8 @@ def apply_entries(params, check_mode=False, diff=False):
         with pinned_map.PinnedMap(path, write=True) as pm:
             kcodec = pm.key_codec(p["key_format"])
             vcodec = pm.value_codec(p["value_format"])
-            wanted = []
             with_value = p["state"] == "present"
+            key_items, value_items = [], []
             for i, entry in enumerate(entries):
                 if entry.get("key") is None:
                     raise pinned_map.MapError("%s[%d] has no key" % (where, i))
@@ -87,13 +78,19 @@ def apply_entries(params, check_mode=False, diff=False):
                     extra = sorted(set(entry) - set(("key", "value")))
                     raise pinned_map.MapError("%s[%d]: unknown field(s) %s; an entry has key and value"
                                               % (where, i, ", ".join(extra)))
-                key = _encode(kcodec, entry["key"], where, i, "key")
-                if pm.is_array:
+                key_items.append(entry["key"])
+                value_items.append(entry.get("value") if with_value else None)
+            keys = kcodec.encode_many(key_items, lambda i: "%s[%d].key" % (where, i))
+            if pm.is_array:
+                for key in keys:
                     pm.check_key(key, kcodec.label(key))
-                value = None
-                if with_value and entry.get("value") is not None:
-                    value = pm.full_value(_encode(vcodec, entry["value"], where, i, "value"))
-                wanted.append((key, value))
+            given = [i for i, v in enumerate(value_items) if v is not None]
+            encoded = vcodec.encode_many([value_items[i] for i in given],
+                                         lambda j: "%s[%d].value" % (where, given[j]))
+            values = [None] * len(keys)
+            for i, value in zip(given, encoded):
+                values[i] = pm.full_value(value)
+            wanted = list(zip(keys, values))
             plan = pinned_map.plan(pm, wanted, p["state"], p["exact"])
             changed = bool(plan["deletes"] or plan["updates"])
             if changed and pm.read_only:

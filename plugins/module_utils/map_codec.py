@@ -438,6 +438,39 @@ class Codec(object):
             return [str(d) for d in decoded]
         return decoded
 
+    def encode_many(self, items, label_of=None):
+        """encode() of every item, as a list; label_of(i) names item i in the error of a bad one. Whole
+        columns of IPv4 addresses or integers (10,000 entries) go through one fast loop; anything that loop
+        does not take (whitespace, "0x2a", negative numbers, a bad item) is encoded item by item."""
+        fast = self._encode_fast(items)
+        if fast is not None:
+            return fast
+        out = []
+        for i, item in enumerate(items):
+            try:
+                out.append(self.encode(item))
+            except CodecError:
+                if label_of is None:
+                    raise
+                self.encode(item, label_of(i))  # raises again, naming the item
+                raise
+        return out
+
+    def _encode_fast(self, items):
+        try:
+            if self.fmt == "ipv4" and self.size == 4:
+                pton, family = socket.inet_pton, socket.AF_INET
+                return [pton(family, item) for item in items]
+            signed = {"int": False}.get(self.fmt)
+            if self.fmt == "btf":
+                signed = self.btf_codec.plain_signed_int()
+            if signed is not None and set(map(type, items)) <= set((int,)):
+                size = self.size
+                return [item.to_bytes(size, BYTEORDER, signed=signed) for item in items]
+        except (OSError, TypeError, ValueError, OverflowError):
+            pass
+        return None
+
     def encode(self, value, label=None):
         what = label or self.what
         if self.fmt == "btf":

@@ -22,6 +22,11 @@ import json
 import os
 import tempfile
 
+try:
+    from json.encoder import encode_basestring_ascii as _quote  # the C function json.dumps uses for str
+except ImportError:  # pragma: no cover
+    _quote = json.dumps
+
 
 class EntriesFileError(ValueError):
     """A src file that cannot be read or parsed; the message names the file (and the line)."""
@@ -74,6 +79,29 @@ def load_entries(path):
             raise EntriesFileError("%s is not valid JSON: %s" % (path, e))
         return _entries_from_json(data, path)
     return _entries_from_lines(text, path)
+
+
+def _json_scalars(items):
+    """Each item as JSON text, as json.dumps writes it; str and int columns (the common case: addresses,
+    hex, counters) without one json.dumps call per item."""
+    kinds = set(map(type, items))
+    if kinds == set((str,)):
+        return list(map(_quote, items))
+    if kinds == set((int,)):
+        return list(map(str, items))
+    return [json.dumps(i) for i in items]
+
+
+def entries_json(keys, values, per_cpu=None, as_dict=False):
+    """JSON text of decoded columns (pinned_map.read_decoded()) in ebpf_map_info's result shapes:
+    [{"key": K, "value": V}] (per-CPU maps add "values"), or {"K": V} with as_dict (keys must be strings).
+    The same text json.dumps gives for those shapes, made from whole columns at once (65,536 entries)."""
+    if per_cpu is not None and not as_dict:
+        return json.dumps([{"key": k, "values": c, "value": v} for k, c, v in zip(keys, per_cpu, values)])
+    ks, vs = _json_scalars(keys), _json_scalars(values)
+    if as_dict:
+        return "{" + ", ".join([k + ": " + v for k, v in zip(ks, vs)]) + "}"
+    return "[" + ", ".join(['{"key": %s, "value": %s}' % kv for kv in zip(ks, vs)]) + "]"
 
 
 def write_if_changed(path, text, check_mode=False):

@@ -14,7 +14,7 @@
   log; when the kernel refuses one write (map full, ...) it puts every key already touched back the way it
   was and raises MapError.
 - `read_entries(pm, key_format, value_format, keys=None, as_dict=False)`: decoded entries for ebpf_map_info
-  (a list of {key, value}, or one {key label: value} dict).
+  (a list of {key, value}, or one {key label: value} dict); `read_decoded()` the same as columns.
 Keys and values here are bytes; map_codec turns user input into them.
 """
 
@@ -364,11 +364,10 @@ def plan(pm, entries, state="present", exact=False):
     return {"deletes": deletes, "updates": updates, "before": before, "after": after, "previous": previous}
 
 
-def read_entries(pm, key_format="auto", value_format="auto", keys=None, as_dict=False):
-    """Decoded entries of an open PinnedMap for ebpf_map_info: [{key, value}], per-CPU maps add
-    `values` (one per CPU) and `value` is their sum. With as_dict, {key label: value} instead (one dict of
-    scalars: far cheaper for Ansible to carry than one dict per entry); key labels are strings
-    (map_codec.Codec.label), per-CPU values are the sums."""
+def read_decoded(pm, key_format="auto", value_format="auto", keys=None, labels=False):
+    """The map's entries (or only `keys`, user-written) decoded, as columns: (keys, values, per_cpu) where
+    per_cpu is None, or for per-CPU maps each entry's list of CPU values (`values` then holds their sums).
+    With labels, keys are strings as map_codec.Codec.label() makes them."""
     kcodec = pm.key_codec(key_format)
     vcodec = pm.value_codec(value_format)
     if keys is None:
@@ -382,22 +381,26 @@ def read_entries(pm, key_format="auto", value_format="auto", keys=None, as_dict=
                 found.append((raw, buf))
         pm.read_method = "lookup"
         kblob, vblob, count = b"".join(k for k, _v in found), b"".join(v for _k, v in found), len(found)
-    decoded_keys = kcodec.labels_many(kblob, count) if as_dict else kcodec.decode_many(kblob, count)
+    decoded_keys = kcodec.labels_many(kblob, count) if labels else kcodec.decode_many(kblob, count)
     if not pm.percpu:
-        values = vcodec.decode_many(vblob, count)
-        if as_dict:
-            return dict(zip(decoded_keys, values))
-        return [{"key": k, "value": v} for k, v in zip(decoded_keys, values)]
-    stride = map_codec.percpu_stride(pm.value_size)
-    per_cpu = vcodec.decode_many(vblob, count * pm.ncpus, stride)
+        return decoded_keys, vcodec.decode_many(vblob, count), None
     n = pm.ncpus
+    flat = vcodec.decode_many(vblob, count * n, map_codec.percpu_stride(pm.value_size))
+    per_cpu = [flat[i * n:(i + 1) * n] for i in range(count)]
+    return decoded_keys, [map_codec.sum_values(values) for values in per_cpu], per_cpu
+
+
+def read_entries(pm, key_format="auto", value_format="auto", keys=None, as_dict=False):
+    """Decoded entries of an open PinnedMap for ebpf_map_info: [{key, value}], per-CPU maps add
+    `values` (one per CPU) and `value` is their sum. With as_dict, {key label: value} instead (one dict of
+    scalars: far cheaper for Ansible to carry than one dict per entry); key labels are strings
+    (map_codec.Codec.label), per-CPU values are the sums."""
+    dkeys, values, per_cpu = read_decoded(pm, key_format, value_format, keys, labels=as_dict)
     if as_dict:
-        return dict((key, map_codec.sum_values(per_cpu[i * n:(i + 1) * n])) for i, key in enumerate(decoded_keys))
-    entries = []
-    for i, key in enumerate(decoded_keys):
-        values = per_cpu[i * n:(i + 1) * n]
-        entries.append({"key": key, "values": values, "value": map_codec.sum_values(values)})
-    return entries
+        return dict(zip(dkeys, values))
+    if per_cpu is None:
+        return [{"key": k, "value": v} for k, v in zip(dkeys, values)]
+    return [{"key": k, "values": c, "value": v} for k, c, v in zip(dkeys, per_cpu, values)]
 
 
 def _explain(err):

@@ -60,7 +60,8 @@ options:
       - Read the entries from this file on the managed host instead of O(entries) (like C(bpftool batch file)).
         For big maps, 10,000 entries passed from the controller cost Ansible seconds of templating and
         argument checking; a file already on the host costs nothing of that (put it there with
-        M(ansible.builtin.copy) once, or let M(hypermesh.ebpf.ebpf_map_info) O(hypermesh.ebpf.ebpf_map_info#module:dest) write it).
+        M(ansible.builtin.copy) once, or let M(hypermesh.ebpf.ebpf_map_info)
+        O(hypermesh.ebpf.ebpf_map_info#module:dest) write it).
       - "The file holds JSON, either a list of C({key, value}) dicts as in O(entries), or an object
         C({key: value}) (ebpf_map_info's O(hypermesh.ebpf.ebpf_map_info#module:entries_as=dict)), or
         C({entries: ...}) (a saved ebpf_map_info result); or plain lines C(KEY) or C(KEY VALUE) (or

@@ -143,8 +143,6 @@ read_method:
   type: str
 """
 
-import json
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_codec
@@ -173,14 +171,19 @@ def main():
     p = module.params
     try:
         path = pinned_map.map_path(p["path"], p["name"], p["map"], p["pin_root"])
+        as_dict = p["entries_as"] == "dict"
         with pinned_map.PinnedMap(path) as pm:
-            entries = pinned_map.read_entries(pm, p["key_format"], p["value_format"], p["keys"],
-                                              as_dict=p["entries_as"] == "dict")
-            result = dict(changed=False, map=pm.describe(), count=len(entries), read_method=pm.read_method)
+            if p["dest"] is None:
+                entries = pinned_map.read_entries(pm, p["key_format"], p["value_format"], p["keys"], as_dict)
+                count = len(entries)
+            else:
+                columns = pinned_map.read_decoded(pm, p["key_format"], p["value_format"], p["keys"], as_dict)
+                count = len(columns[0])
+            result = dict(changed=False, map=pm.describe(), count=count, read_method=pm.read_method)
         if p["dest"] is None:
             result["entries"] = entries
         else:
-            text = json.dumps(entries, separators=(",", ":")) + "\n"
+            text = map_file.entries_json(*columns, as_dict=as_dict) + "\n"
             result["changed"] = map_file.write_if_changed(p["dest"], text, module.check_mode)
             result["dest"] = p["dest"]
     except (map_codec.CodecError, pinned_map.MapError, map_file.EntriesFileError, OSError) as e:

@@ -4,6 +4,7 @@ Setup: ebpf_program loads the example objects as managed programs under a privat
 `<root>/<name>/maps/<map>`), the XDP blocklist attached in generic mode on the b side of a veth pair between two
 network namespaces this test creates; traffic is a ping from the a side.
 """
+import json
 import os
 import shutil
 import time
@@ -298,3 +299,121 @@ def test_percpu_hash_value_on_every_cpu(pin_root):
     assert r["changed"] and r["updated"] == ["3"], r
     assert r["diff"]["before"]["entries"]["3"] == [9] + [7] * (ncpu - 1)
     assert r["diff"]["after"]["entries"]["3"] == 7
+
+
+# ------------------------------------------------------------------ files on the host: ebpf_map src, ebpf_map_info dest
+
+def _hash(pin_root, name, max_entries=64, entries=()):
+    fd = bs.map_create(bs.BPF_MAP_TYPE_HASH, 4, 8, max_entries, name="hm_" + name[:10])
+    for k, v in entries:
+        bs.map_update(fd, k.to_bytes(4, "big"), v.to_bytes(8, "little"))
+    path = os.path.join(pin_root, "%s-%d" % (name, time.monotonic_ns()))
+    bs.obj_pin(fd, path)
+    bs.close(fd)
+    return path
+
+
+def _kernel_view(path):
+    """{dotted quad: value} from bpftool's dump."""
+    out = {}
+    for e in bpftool_json("map", "dump", "pinned", path):
+        out[".".join(str(int(b, 16)) for b in e["key"])] = int("".join(b[2:] for b in reversed(e["value"])), 16)
+    return out
+
+
+def test_src_file_four_run_check_and_forms(pin_root, tmp_path):
+    path = _hash(pin_root, "src")
+    src = tmp_path / "entries.json"
+    src.write_text('[{"key": "192.0.2.1", "value": 10}, {"key": "192.0.2.2", "value": 20}]')
+    args = {"path": path, "key_format": "ipv4", "value_format": "int", "src": str(src)}
+    runs = [module("ebpf_map", args, check=True, diff=True), module("ebpf_map", args, diff=True),
+            module("ebpf_map", args), module("ebpf_map", args, check=True)]
+    assert [r.get("changed") for r in runs] == [True, True, False, False], runs
+    assert sorted(runs[1]["added"]) == ["192.0.2.1", "192.0.2.2"] and runs[1]["src_entries"] == 2, runs[1]
+    assert runs[1]["diff"]["after"]["entries"] == {"192.0.2.1": 10, "192.0.2.2": 20}, runs[1]
+    assert _kernel_view(path) == {"192.0.2.1": 10, "192.0.2.2": 20}
+    # a line file with exact: one value changed, one key only (kept), the rest removed
+    lines = tmp_path / "blocklist.txt"
+    lines.write_text("# sources\n192.0.2.1 11\n192.0.2.3\n")
+    r = module("ebpf_map", dict(args, src=str(lines), exact=True))
+    assert r["changed"] and r["updated"] == ["192.0.2.1"] and r["added"] == ["192.0.2.3"], r
+    assert r["removed"] == ["192.0.2.2"], r
+    assert _kernel_view(path) == {"192.0.2.1": 11, "192.0.2.3": 0}
+    # a JSON object {key: value}, as ebpf_map_info writes with entries_as=dict
+    obj = tmp_path / "entries-dict.json"
+    obj.write_text('{"192.0.2.1": 11, "192.0.2.3": 0}')
+    assert module("ebpf_map", dict(args, src=str(obj), exact=True))["changed"] is False
+
+
+BAD_SRC = [
+    ("a bad key on line 2", "192.0.2.9 1\n192.0.2.x 2\n", "entry[1].key: '192.0.2.x' is not an IPv4 address"),
+    ("three fields", "192.0.2.9 1 2\n", "line 1"),
+    ("broken JSON", '[{"key": "192.0.2.9", "value": 1},]', "is not valid JSON"),
+    ("unknown field", '[{"key": "192.0.2.9", "val": 1}]', "unknown field(s) val"),
+    ("value too big", '[{"key": "192.0.2.9", "value": 1}, {"key": "192.0.2.8", "value": 18446744073709551616}]',
+     "entry[1].value: 18446744073709551616 does not fit"),
+]
+
+
+@pytest.mark.parametrize("label,text,message", BAD_SRC, ids=[b[0] for b in BAD_SRC])
+def test_bad_src_writes_nothing(pin_root, tmp_path, label, text, message):
+    path = _hash(pin_root, "badsrc", entries=[(0xc0000201, 5)])
+    src = tmp_path / "src"
+    src.write_text(text)
+    before = bpftool_dump(path)
+    r = module("ebpf_map", {"path": path, "key_format": "ipv4", "value_format": "int", "src": str(src),
+                            "exact": True})
+    assert r.get("failed") and message in r["msg"] and str(src) in r["msg"], r
+    assert bpftool_dump(path) == before
+    os.unlink(path)
+
+
+def test_src_missing_or_with_entries(pin_root, tmp_path):
+    path = _hash(pin_root, "srcmiss")
+    r = module("ebpf_map", {"path": path, "key_format": "ipv4", "src": str(tmp_path / "nope")})
+    assert r.get("failed") and "cannot read src %s: No such file" % (tmp_path / "nope") in r["msg"], r
+    src = tmp_path / "one"
+    src.write_text("192.0.2.1\n")
+    r = module("ebpf_map", {"path": path, "key_format": "ipv4", "src": str(src), "entries": [{"key": "192.0.2.2"}]})
+    assert r.get("failed") and "mutually exclusive: entries|src" in r["msg"], r
+    assert bpftool_json("map", "dump", "pinned", path) == []
+
+
+def test_info_entries_as_dict_equals_bpftool(pin_root):
+    path = _hash(pin_root, "asdict", max_entries=512, entries=[(0x0a000000 + i, i * 3) for i in range(300)])
+    r = module("ebpf_map_info", {"path": path, "key_format": "ipv4", "value_format": "int", "entries_as": "dict"})
+    assert r["count"] == 300 and r["entries"] == _kernel_view(path), r["count"]
+    r = module("ebpf_map_info", {"path": path, "key_format": "ipv4", "value_format": "int", "entries_as": "dict",
+                                 "keys": ["10.0.0.7", "10.9.9.9"]})
+    assert r["entries"] == {"10.0.0.7": 21} and r["read_method"] == "lookup", r
+
+
+def test_info_dest_four_run_check_and_round_trip(pin_root, tmp_path):
+    path = _hash(pin_root, "dest", max_entries=4096, entries=[(0x0a000000 + i, i) for i in range(3000)])
+    dest = tmp_path / "dump.json"
+    args = {"path": path, "key_format": "ipv4", "value_format": "int", "dest": str(dest)}
+    first = module("ebpf_map_info", args, check=True)
+    assert first["changed"] is True and not dest.exists() and "entries" not in first, first
+    runs = [module("ebpf_map_info", args), module("ebpf_map_info", args), module("ebpf_map_info", args, check=True)]
+    assert [r["changed"] for r in runs] == [True, False, False], runs
+    assert runs[0]["count"] == 3000 and runs[0]["dest"] == str(dest) and "entries" not in runs[0], runs[0]
+    dumped = json.loads(dest.read_text())
+    assert dict((e["key"], e["value"]) for e in dumped) == _kernel_view(path)
+    # the kernel changes, the file follows
+    fd = bs.obj_get(path)
+    bs.map_update(fd, (0x0a000001).to_bytes(4, "big"), (99).to_bytes(8, "little"))
+    bs.close(fd)
+    assert module("ebpf_map_info", args)["changed"] is True
+    # the dump loads into another map through ebpf_map src: same contents
+    copy = _hash(pin_root, "copy", max_entries=4096)
+    r = module("ebpf_map", {"path": copy, "key_format": "ipv4", "value_format": "int", "src": str(dest)})
+    assert r["changed"] and len(r["added"]) == 3000, r.get("msg")
+    assert _kernel_view(copy) == _kernel_view(path)
+    # entries_as=dict into the file works the same way
+    as_dict = tmp_path / "dump-dict.json"
+    assert module("ebpf_map_info", dict(args, dest=str(as_dict), entries_as="dict"))["changed"]
+    assert json.loads(as_dict.read_text()) == _kernel_view(path)
+    assert module("ebpf_map", {"path": copy, "key_format": "ipv4", "value_format": "int", "src": str(as_dict),
+                               "exact": True})["changed"] is False
+    r = module("ebpf_map_info", dict(args, dest=str(tmp_path / "no" / "dump.json")))
+    assert r.get("failed") and "does not exist" in r["msg"], r

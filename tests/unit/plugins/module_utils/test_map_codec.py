@@ -248,3 +248,39 @@ def test_decode_many_matches_decode():
     # per-CPU layout: items 8 bytes apart, 4 bytes each
     codec = mc.Codec("auto", 4, t, 2)
     assert codec.decode_many(b"\xff\xff\xff\xff\0\0\0\0\x02\0\0\0\0\0\0\0", 2, 8) == [-1, 2]
+
+
+def test_labels_many_matches_label():
+    t = sample_btf()
+    for codec, size in [(mc.Codec("int", 8), 8), (mc.Codec("ipv4", 4), 4), (mc.Codec("auto", 8, t, 7), 8),
+                        (mc.Codec("hex", 3), 3), (mc.Codec("auto", 1, t, 12), 1)]:
+        blob = bytes(range(7, 7 + size * 5))
+        assert codec.labels_many(blob, 5) == [codec.label(blob[i * size:(i + 1) * size]) for i in range(5)]
+
+
+ENCODE_MANY = [
+    ("ipv4 fast", mc.Codec("ipv4", 4), ["10.0.0.1", "192.0.2.255"]),
+    ("ipv4 with spaces", mc.Codec("ipv4", 4), [" 10.0.0.1", "10.0.0.2 "]),
+    ("int fast", mc.Codec("int", 4), [0, 1, 2 ** 32 - 1]),
+    ("int strings and negatives", mc.Codec("int", 4), ["42", "0x2a", -1, 7]),
+    ("btf signed", mc.Codec("auto", 4, sample_btf(), 2), [-5, 5]),
+    ("btf struct", mc.Codec("auto", 8, sample_btf(), 7), [{"a": 1, "b": -2}, {"a": 3}]),
+    ("hex", mc.Codec("hex", 2), ["0a0b", "ff ff"]),
+    ("empty", mc.Codec("int", 4), []),
+]
+
+
+@pytest.mark.parametrize("label,codec,items", ENCODE_MANY, ids=[e[0] for e in ENCODE_MANY])
+def test_encode_many_matches_encode(label, codec, items):
+    assert codec.encode_many(items) == [codec.encode(i) for i in items]
+
+
+@pytest.mark.parametrize("codec,items,message", [
+    (mc.Codec("ipv4", 4), ["10.0.0.1", "10.0.0.256"], "entry 1: '10.0.0.256' is not an IPv4 address"),
+    (mc.Codec("int", 4), [1, 2 ** 32], "entry 1: 4294967296 does not fit"),
+    (mc.Codec("int", 4), [1, True], "entry 1: expected an integer, got a boolean"),
+])
+def test_encode_many_names_the_bad_item(codec, items, message):
+    with pytest.raises(mc.CodecError) as e:
+        codec.encode_many(items, lambda i: "entry %d" % i)
+    assert message in str(e.value)
