@@ -105,6 +105,10 @@ def run():
             raise RuntimeError("missing timings for %s: %s" % (prefix, sorted(d)))
         return min(vals)
 
+    for side in ("attach_ours", "attach_bpftool", "noop_ours", "noop_ping"):
+        vals = sorted(v for k, v in d.items() if k.startswith(side + " "))
+        sys.stderr.write("  %-15s min %.3f  median %.3f  max %.3f s (%d runs)\n"
+                         % (side, vals[0], vals[len(vals) // 2], vals[-1], len(vals)))
     rows = []
     for name, ours, base, target in (("program: attach xdp vs bpftool shell", "attach_ours", "attach_bpftool", 1.0),
                                      ("program: no-op re-apply vs ping", "noop_ours", "noop_ping", 1.2)):

@@ -8,9 +8,18 @@ through bpf(BPF_LINK_CREATE / BPF_PROG_QUERY) for tcx.
 
 Works with pyroute2 0.5.14 (Debian 11), 0.7.2 (Debian 12) and 0.9.x. Those versions differ in how much of
 IFLA_XDP and TCA_OPTIONS(bpf) they parse (0.5.14 leaves IFLA_XDP as hex; none of them knows TCA_BPF_ID or
-TCA_BPF_TAG) and in how they spell tc requests. So pyroute2 carries the messages here (socket, sequence numbers,
-acks, errors with the kernel's extended ack text), and the messages themselves are our own small subclasses of
-pyroute2's `nlmsg`/`nla`, which encode and decode the same on every version.
+TCA_BPF_TAG), in how they spell tc requests, and in their sockets (0.9's IPRoute runs an asyncio loop per
+request). So the messages are our own small subclasses of pyroute2's `nlmsg`/`nla`, which encode and decode the
+same on every version (pyroute2 builds and parses every byte we send and receive, acks and errors with the
+kernel's extended ack text included, and its NetlinkError carries the kernel's errno), and `_Rtnl` below moves
+them over a NETLINK_ROUTE socket of the standard library: open, send one request, read to the ack or the end
+of the dump.
+
+Cost: `import pyroute2` runs pyroute2/__init__.py, which imports all of pyroute2 (ndb, ipdb, conntrack, asyncio,
+multiprocessing: 130-200 ms on every version), although we need only pyroute2.netlink (the message classes,
+~15 ms). `_import_pyroute2_netlink` imports that submodule under a stand-in for the package that runs the real
+pyroute2/__init__.py on first use of any of its attributes, so code that later does `import pyroute2` or
+`from pyroute2 import IPRoute` in the same process still gets the whole package.
 
 Network namespaces: every operation runs with the calling thread switched into the namespace (`in_netns`,
 setns(2) on /run/netns/NAME, and back to where the thread was). The netlink socket is created inside, so it
@@ -29,14 +38,55 @@ import ctypes
 import errno
 import os
 import socket
+import struct
+import sys
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall
 
+
+
+def _import_pyroute2_netlink():
+    """Import pyroute2.netlink without running pyroute2/__init__.py (see the module doc); a stand-in package
+    module runs it on first attribute access. Does nothing special when pyroute2 is already imported."""
+    if "pyroute2" not in sys.modules:
+        import importlib.util
+        import types
+        spec = importlib.util.find_spec("pyroute2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("No module named 'pyroute2'")
+        pkg = types.ModuleType("pyroute2")
+        pkg.__file__ = spec.origin
+        pkg.__path__ = list(spec.submodule_search_locations)
+        pkg.__package__ = "pyroute2"
+        pkg.__spec__ = spec
+        pkg.__loader__ = spec.loader
+
+        def _load_whole_package(name):
+            # PEP 562: called for an attribute the stand-in lacks; run the real __init__ in it, once
+            del pkg.__dict__["__getattr__"]
+            exec(spec.loader.get_code("pyroute2"), pkg.__dict__)
+            try:
+                return pkg.__dict__[name]
+            except KeyError:
+                raise AttributeError("module 'pyroute2' has no attribute %r" % name)
+        pkg.__getattr__ = _load_whole_package
+        sys.modules["pyroute2"] = pkg
+        try:
+            import pyroute2.netlink  # noqa: F401
+        except BaseException:
+            if sys.modules.get("pyroute2") is pkg:
+                del sys.modules["pyroute2"]
+            raise
+    from pyroute2 import netlink as nl_mod
+    from pyroute2.netlink import exceptions as exc_mod
+    return nl_mod, exc_mod
+
+
 try:
-    from pyroute2 import IPRoute
-    from pyroute2.netlink import NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL
-    from pyroute2.netlink import NLM_F_REPLACE, NLM_F_REQUEST, nla, nlmsg
-    from pyroute2.netlink.exceptions import NetlinkError as _PyrouteNetlinkError
+    _nl, _nlexc = _import_pyroute2_netlink()
+    nla, nlmsg = _nl.nla, _nl.nlmsg
+    NLA_F_NESTED = _nl.NLA_F_NESTED
+    _PyrouteNetlinkError = _nlexc.NetlinkError
     HAS_PYROUTE2 = True
     PYROUTE2_IMPORT_ERROR = None
 except ImportError as exc:  # classes below still need a base to be defined
@@ -57,6 +107,23 @@ RTM_GETQDISC = 38
 RTM_NEWTFILTER = 44
 RTM_DELTFILTER = 45
 RTM_GETTFILTER = 46
+
+NLM_F_REQUEST = 0x1     # include/uapi/linux/netlink.h
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_REPLACE = 0x100
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+NLM_F_DUMP = 0x300
+NLM_F_CAPPED = 0x100    # in an ack: the request is not echoed back
+NLM_F_ACK_TLVS = 0x200  # in an ack: extended ack attributes follow
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+_NLMSGHDR = struct.Struct("=IHHII")
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
@@ -141,12 +208,91 @@ class _TcMsg(nlmsg):
                    ("TCA_BPF_ID", "uint32"))
 
 
+class _AckMsg(nlmsg):
+    """struct nlmsgerr with NETLINK_CAP_ACK (the request's header only) + the extended ack message."""
+    fields = (("error", "i"), ("req_length", "I"), ("req_type", "H"), ("req_flags", "H"), ("req_seq", "I"),
+              ("req_pid", "I"))
+    nla_map = ((1, "NLMSGERR_ATTR_MSG", "asciiz"),)
+
+
 def _redecode(msg, cls):
-    """Decode one message pyroute2 returned again, with our class (pyroute2 keeps the raw buffer)."""
+    """Decode one received message (raw buffer, offset, length) with our class."""
     raw = bytes(msg.data[msg.offset:msg.offset + msg.length])
     mine = cls(raw)
     mine.decode()
     return mine
+
+
+class _Reply(object):
+    """One message of a receive buffer (the shape pyroute2's replies have: data, offset, length)."""
+
+    def __init__(self, data, offset, length):
+        self.data, self.offset, self.length = data, offset, length
+
+
+class _Rtnl(object):
+    """A NETLINK_ROUTE socket in the network namespace of the calling thread; one request at a time.
+
+    nlm_request() sends a message our pyroute2 classes encode and returns the kernel's answers (for the
+    caller to decode with the same classes); a refusal raises pyroute2's NetlinkError with the errno and the
+    kernel's extended ack text."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
+            try:
+                self.sock.setsockopt(SOL_NETLINK, opt, 1)
+            except OSError:
+                pass            # older kernels (before 4.3 / 4.12): plain acks without the kernel's text
+        self.sock.bind((0, 0))
+        self.seq = 0
+
+    def close(self):
+        self.sock.close()
+
+    def nlm_request(self, msg, msg_type, msg_flags):
+        self.seq += 1
+        msg["header"]["type"] = msg_type
+        msg["header"]["flags"] = msg_flags
+        msg["header"]["sequence_number"] = self.seq
+        msg["header"]["pid"] = 0
+        msg.encode()
+        self.sock.send(bytes(msg.data))
+        dump = (msg_flags & NLM_F_DUMP) == NLM_F_DUMP
+        replies = []
+        while True:
+            data = self.sock.recv(1 << 16)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                length, mtype, mflags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+                if length < _NLMSGHDR.size or offset + length > len(data):
+                    raise _PyrouteNetlinkError(errno.EBADMSG, "truncated netlink message")
+                here, offset = offset, offset + ((length + 3) & ~3)
+                if seq != self.seq:
+                    continue    # not an answer to this request
+                if mtype == NLMSG_ERROR:
+                    self._check_ack(_redecode(_Reply(data, here, length), _AckMsg))
+                    return replies
+                if mtype == NLMSG_DONE:
+                    if length >= _NLMSGHDR.size + 4:
+                        code = struct.unpack_from("=i", data, here + _NLMSGHDR.size)[0]
+                        if code < 0:
+                            raise _PyrouteNetlinkError(-code)
+                    return replies
+                replies.append(_Reply(data, here, length))
+                if not dump and not (msg_flags & NLM_F_ACK) and not (mflags & NLM_F_MULTI):
+                    return replies
+
+    @staticmethod
+    def _check_ack(ack):
+        code = -ack["error"]
+        if not code:
+            return
+        text = None
+        flags = ack["header"]["flags"]
+        if flags & NLM_F_ACK_TLVS and flags & NLM_F_CAPPED:
+            text = ack.get_attr("NLMSGERR_ATTR_MSG")
+        raise _PyrouteNetlinkError(code, text or None)
 
 
 # ---- network namespaces -------------------------------------------------------------------------------------
@@ -211,23 +357,16 @@ def in_netns(netns):
 
 @contextlib.contextmanager
 def _rtnl(netns):
-    """An IPRoute socket in `netns`, with the calling thread inside it for the whole body."""
+    """A NETLINK_ROUTE socket (_Rtnl) in `netns`, with the calling thread inside it for the whole body."""
     if not HAS_PYROUTE2:
         raise NetlinkError("the Python library pyroute2 is required on the managed host (python3-pyroute2): %s"
                            % PYROUTE2_IMPORT_ERROR)
     with in_netns(netns):
+        rtnl = _Rtnl()
         try:
-            ipr = IPRoute(ext_ack=True)         # 0.7+: kernel's extended ack text in errors
-        except TypeError:
-            ipr = IPRoute()                     # 0.5.14
-        status = getattr(ipr, "status", None)
-        if isinstance(status, dict) and "nlm_generator" not in status:
-            # 0.9.x: the sync IPRoute skips NetlinkSocket.__init__, and nlm_request() reads this key
-            status["nlm_generator"] = False
-        try:
-            yield ipr
+            yield rtnl
         finally:
-            ipr.close()
+            rtnl.close()
 
 
 def _kernel_error(exc, what):
@@ -253,16 +392,8 @@ def _check_ifname(ifname):
 
 
 def _lookup(ipr, ifname, netns):
-    _check_ifname(ifname)
-    try:
-        found = list(ipr.link_lookup(ifname=ifname))
-    except _PyrouteNetlinkError as exc:
-        if getattr(exc, "code", None) != errno.ENODEV:
-            raise _kernel_error(exc, "looking up interface %s in %s" % (ifname, _where(netns)))
-        found = []
-    if not found:
-        raise NetlinkError("interface %s not found in %s" % (ifname, _where(netns)), errno.ENODEV)
-    return found[0]
+    """ifindex of `ifname` in the namespace the calling thread is in (inside _rtnl/in_netns)."""
+    return _ifindex_here(ifname, netns)
 
 
 def _check_direction(direction):

@@ -70,10 +70,17 @@ class Program(object):
         self.shared_dir = os.path.join(pin_root, "_shared")
         self.record = ps.read_record(name, state_dir)
         self.live = ps.Live(pin_root, name)
+        self._state = None
 
     # ---- read / decide --------------------------------------------------------------------------------------
     def current_state(self):
-        """absent | loaded | attached | inconsistent (a killed run or an outside change left something)."""
+        """absent | loaded | attached | inconsistent (a killed run or an outside change left something).
+        Read from the kernel once per snapshot (record + live); converge and remove take a new snapshot."""
+        if self._state is None:
+            self._state = self._read_state()
+        return self._state
+
+    def _read_state(self):
         rec, live = self.record, self.live
         if not live.exists and not rec:
             return "absent"
@@ -185,6 +192,8 @@ class Program(object):
         record = {"name": self.name, "object": obj_path, "sha256": want["sha256"], "program": want["program"],
                   "prog_id": new_id, "maps": maps, "shared_maps": sorted(shared), "attach": spec,
                   "pin_root": self.pin_root}
+        if want.get("programs"):
+            record["programs"] = want["programs"]  # the object's programs as libbpf read them (by sha256)
         ps.write_record(self.name, record, self.state_dir)
         _test_kill("record")
         for old in self.live.stages:
@@ -194,6 +203,7 @@ class Program(object):
         _test_kill("cleanup")
         self.record = record
         self.live = ps.Live(self.pin_root, self.name)
+        self._state = None
         return record
 
     def _reuse_maps(self, libbpf_object):
@@ -338,6 +348,7 @@ class Program(object):
         ps.write_record(self.name, None, self.state_dir)
         self.record = None
         self.live = ps.Live(self.pin_root, self.name)
+        self._state = None
 
     def _shared_used_elsewhere(self, path):
         state_dir = os.path.dirname(ps.record_path(self.name, self.state_dir))

@@ -132,15 +132,19 @@ def is_attached(spec, prog_id, link):
     if not prog_id:
         return False
     kind = spec["type"]
-    if kind in NETLINK_KINDS:
+    if kind == "xdp":
         try:
-            if slot_holder(spec) != prog_id:
-                return False
+            state = _xdp_state(spec)
         except Exception:
             return False
-        if kind == "xdp" and spec.get("mode", "auto") != "auto":
-            return _xdp_state(spec)["mode"] == spec["mode"]
-        return True
+        if (state["prog_id"] or 0) != prog_id:
+            return False
+        return spec.get("mode", "auto") == "auto" or state["mode"] == spec["mode"]
+    if kind == "tc":
+        try:
+            return slot_holder(spec) == prog_id
+        except Exception:
+            return False
     return bool(link) and link.get("prog_id") == prog_id and link_matches(spec, link)
 
 

@@ -61,10 +61,10 @@ def has_privileges():
 
 
 def gate(spec):
-    """Refuse before any change when this kernel lacks a feature the attach point needs."""
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils import probes
-    for feature in spec_mod.FEATURES[spec["type"]]:
-        probes.require(feature)
+    """Refuse before any change when this kernel lacks a feature the attach point needs (program_gate: the
+    probes' answer, remembered for the boot once it is yes)."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_gate
+    program_gate.require(spec_mod.FEATURES[spec["type"]])
 
 
 def errors():
@@ -88,29 +88,48 @@ class ProgramRun(object):
         self.p = params
         self.obj = None
         self.spec = None
+        self.chosen = None
 
-    def desired(self):
-        """Open the object with libbpf (no kernel change), choose the program, normalise the attach point."""
-        from ansible_collections.hypermesh.ebpf.plugins.module_utils.libbpf import BpfObject
+    def _open(self):
+        """The object opened with libbpf (no kernel change); opened once, closed by apply()."""
+        if self.obj is None:
+            from ansible_collections.hypermesh.ebpf.plugins.module_utils.libbpf import BpfObject
+            self.obj = BpfObject(self.p["object"], pin_root_path=os.path.join(self.p["pin_root"], "_shared"))
+        return self.obj
+
+    def desired(self, record):
+        """What the parameters ask for: {"state", "sha256", "program", "attach", "programs"}. Choosing the
+        program needs the object's program list: the record keeps the one libbpf read from the object with this
+        digest, so a re-apply of an unchanged object neither loads libbpf nor opens the object with it."""
         p = self.p
         if not p["object"]:
             raise spec_mod.SpecError("object is required when state is %s" % p["state"])
         digest = spec_mod.check_object(p["object"], p["sha256"])
-        self.obj = BpfObject(p["object"], pin_root_path=os.path.join(p["pin_root"], "_shared"))
-        chosen = spec_mod.choose_program(self.obj.programs(), p["program"], p["object"])
+        record = record or {}
+        if record.get("sha256") == digest and record.get("programs"):
+            programs = record["programs"]
+        else:
+            programs = self._open().programs()
+        self.chosen = spec_mod.choose_program(programs, p["program"], p["object"])
         try:
-            spec = spec_mod.normalize(p["attach"], chosen["section"])
+            spec = spec_mod.normalize(p["attach"], self.chosen["section"])
         except spec_mod.SpecError:
             if p["state"] != "loaded" or p["attach"]:
                 raise
             spec = None  # loaded only: an XDP/tc/cgroup program needs no attach point yet
         self.spec = spec
-        retarget = spec_mod.retarget(spec, chosen["section"]) if spec else None
-        self.obj.select(chosen["name"], attach_target=retarget)
-        if p["state"] == "attached":
-            pa.check_target(spec)
-        return {"state": p["state"], "sha256": digest, "program": chosen["name"],
-                "attach": spec if p["state"] == "attached" else None}
+        return {"state": p["state"], "sha256": digest, "program": self.chosen["name"],
+                "attach": spec if p["state"] == "attached" else None,
+                "programs": [{"name": x["name"], "section": x["section"]} for x in programs]}
+
+    def prepare(self):
+        """Before a change (and in check mode, to predict it): open the object with libbpf, select the program,
+        check that the attach target exists. Changes nothing."""
+        obj = self._open()
+        retarget = spec_mod.retarget(self.spec, self.chosen["section"]) if self.spec else None
+        obj.select(self.chosen["name"], attach_target=retarget)
+        if self.p["state"] == "attached":
+            pa.check_target(self.spec)
 
     def run(self):
         p = self.p
@@ -129,10 +148,7 @@ class ProgramRun(object):
             before = prog.before()
             if p["state"] == "absent":
                 return self.absent(prog, before)
-            want = self.desired()
-            if p["state"] == "attached":
-                prog.check_slot(want["attach"], p["force"])
-            return self.present(prog, before, want)
+            return self.present(prog, before, self.desired(prog.record))
 
     def result(self, changed, prog, before, after):
         out = {"changed": changed, "state": after["state"], "pin_dir": prog.dir,
@@ -153,6 +169,9 @@ class ProgramRun(object):
         if prog.in_sync(want):
             after["kernel"] = before.get("kernel")
             return self.result(False, prog, before, after)
+        self.prepare()
+        if p["state"] == "attached":
+            prog.check_slot(want["attach"], p["force"])
         if self.spec:
             gate(self.spec)  # before any change (and in check mode, so it predicts the refusal too)
         if not self.check_mode:

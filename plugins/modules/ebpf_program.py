@@ -16,7 +16,11 @@ description:
     the attach point) is recorded in C(/var/lib/hypermesh-ebpf/programs/<name>.json).
   - A changed object or attach point replaces the program atomically where the kernel allows (XDP replace,
     tc filter replace, BPF_LINK_UPDATE for tcx and cgroup links).
-  - Every feature is gated by the same probes as M(hypermesh.ebpf.ebpf_facts) before anything changes.
+  - Every feature is gated by the same probes as M(hypermesh.ebpf.ebpf_facts) before anything changes. A
+    feature found supported is remembered until the next boot (C(/run/hypermesh-ebpf/features.json)); a
+    refusal is probed again every run.
+  - A re-apply with nothing to do reads the record, the pins and the attach point (one netlink query for
+    XDP and tc) and does not load libbpf: the record keeps the object's program list by digest.
   - A failed run rolls back what it created; a run killed at any step leaves pins the next run adopts.
   - Runs under the host-wide lock C(/run/lock/hypermesh-ebpf.lock).
   - For tests only, the environment variable C(HYPERMESH_EBPF_TEST_KILL_AT=<step>) makes the module SIGKILL
