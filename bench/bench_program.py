@@ -30,7 +30,7 @@ if not os.path.exists(PYTHON):
     PYTHON = sys.executable
 PLAYBOOK_BIN = os.path.join(os.path.dirname(PYTHON), "ansible-playbook")
 OBJECT = os.path.join(TOP, "examples", "objects", "xdp_counter.bpf.o")
-REPEAT = 8
+REPEAT = int(os.environ.get("HM_BENCH_REPEAT", "16"))
 
 
 def _task(name, module, args):

@@ -7,6 +7,7 @@ raw_tracepoint and perf (tracepoint/kprobe) attachments are bpf links that the c
 the process. A spec is the dict from program_spec.normalize(). Importable without ansible.
 """
 import ctypes
+import errno
 import os
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
@@ -162,12 +163,24 @@ def attach_netlink(spec, prog_fd, replace_prog_id, name):
                      name=name, netns=spec.get("netns"))
 
 
+def _target_gone(spec):
+    """True when the interface (or its network namespace) of an XDP/tc spec no longer exists."""
+    nl = _netlink()
+    try:
+        nl.ifindex(spec["interface"], spec.get("netns"))
+    except nl.NetlinkError as e:
+        return e.errno in (errno.ENODEV, errno.ENOENT)
+    return False
+
+
 def detach_netlink(spec, expected_prog_ids):
     """Remove our XDP/tc attachment at spec if the slot still holds one of expected_prog_ids."""
     try:
         holder = slot_holder(spec)
     except Exception:
-        return False  # interface or netns gone: nothing of ours is attached there any more
+        if _target_gone(spec):
+            return False  # interface or netns gone: nothing of ours is attached there any more
+        raise             # anything else: say so, rather than leave our program attached without its pins
     if not holder or holder not in expected_prog_ids:
         return False
     if spec["type"] == "xdp":

@@ -20,7 +20,9 @@ description:
     feature found supported is remembered until the next boot (C(/run/hypermesh-ebpf/features.json)); a
     refusal is probed again every run.
   - A re-apply with nothing to do reads the record, the pins and the attach point (one netlink query for
-    XDP and tc) and does not load libbpf: the record keeps the object's program list by digest.
+    XDP and tc) and does not load libbpf (the record keeps the object's program list by digest).
+  - The module_utils it runs are copied once per host into C(/var/cache/hypermesh-ebpf/module_utils/) and
+    compiled there, so later runs do not compile them again.
   - A failed run rolls back what it created; a run killed at any step leaves pins the next run adopts.
   - Runs under the host-wide lock C(/run/lock/hypermesh-ebpf.lock).
   - For tests only, the environment variable C(HYPERMESH_EBPF_TEST_KILL_AT=<step>) makes the module SIGKILL
@@ -162,7 +164,11 @@ verifier_log:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils.program_run import (
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_pycache
+
+program_pycache.use_host_copy()  # the module_utils below: compiled once per host, not on every run
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils.program_run import (  # noqa: E402
     ARGUMENT_SPEC, REQUIRED_IF, apply, errors)
 
 

@@ -1,0 +1,112 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Bytecode of the collection's module_utils, kept on the managed host between runs.
+
+Ansible ships a module and the module_utils it imports as Python source in a zip (AnsiballZ), and Python never
+writes bytecode for code it imports from a zip: every run compiles them again. For ebpf_program that is about
+130 KB of source and 40-50 ms of CPU per task, more than everything else a no-op re-apply does.
+
+use_host_copy() copies the zip's module_utils once into /var/cache/hypermesh-ebpf/module_utils/<digest>/ (the
+digest of the files' contents, so a changed collection gets a directory of its own; the others are removed)
+compiles them there (__pycache__, per Python version, written even under PYTHONDONTWRITEBYTECODE: the directory
+is ours, not a source tree), and puts that directory first in the package's search path, so later runs load
+the bytecode as for any installed library. A module missing there is still found in the zip. The directory is root's and not writable by anyone else (it holds code run as root); when it is
+not so, cannot be made, or anything else goes wrong, the imports simply stay in the zip.
+Outside AnsiballZ (tests, the boot-time re-apply: ordinary files with their own bytecode cache) it does
+nothing. Importable without ansible.
+"""
+import hashlib
+import os
+import shutil
+import sys
+
+CACHE_ROOT = "/var/cache/hypermesh-ebpf/module_utils"
+PACKAGE = __name__.rpartition(".")[0]       # ansible_collections.hypermesh.ebpf.plugins.module_utils
+
+
+def _ours(path):
+    """A directory owned by us and writable by no one else (no symlink)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return os.path.isdir(path) and not os.path.islink(path) and st.st_uid == os.geteuid() and \
+        not st.st_mode & 0o022
+
+
+def _zip_sources(archive, prefix):
+    """{file name: source bytes} of the package's own .py files in the zip (no subpackages)."""
+    import zipfile
+    out = {}
+    with zipfile.ZipFile(archive) as z:
+        for info in z.infolist():
+            rest = info.filename[len(prefix):]
+            if info.filename.startswith(prefix) and rest.endswith(".py") and "/" not in rest:
+                out[rest] = z.read(info)
+    out.setdefault("__init__.py", b"")  # _compile's mark of a complete set
+    return out
+
+
+def _build(root, target, sources):
+    """Write the sources into `target` through a temporary directory renamed into place (atomic)."""
+    tmp = os.path.join(root, ".tmp-%d" % os.getpid())
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.mkdir(tmp, 0o700)
+    try:
+        for name, data in sources.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        _compile(tmp)
+        os.rename(tmp, target)
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _ours(target):       # another run may have won the rename: that copy is as good
+            raise
+    for entry in os.listdir(root):  # copies of other versions of the collection
+        if entry != os.path.basename(target) and not entry.startswith(".tmp-"):
+            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+
+
+def _compile(target):
+    """Bytecode of every file for this Python, unless this Python has compiled the copy already (__init__.py,
+    compiled last, marks a complete set)."""
+    import importlib.util
+    if os.path.exists(importlib.util.cache_from_source(os.path.join(target, "__init__.py"))):
+        return
+    import py_compile
+    for name in sorted(os.listdir(target), key=lambda n: (n == "__init__.py", n)):
+        if name.endswith(".py"):
+            src = os.path.join(target, name)
+            py_compile.compile(src, cfile=importlib.util.cache_from_source(src), doraise=True)
+
+
+def use_host_copy(root=CACHE_ROOT, package=PACKAGE):
+    """Import the rest of `package` from the host copy (see the module doc). Returns the directory used, or
+    None when the imports stay where they are."""
+    pkg = sys.modules.get(package)
+    loader = getattr(getattr(pkg, "__spec__", None), "loader", None)
+    archive = getattr(loader, "archive", None)
+    path = getattr(pkg, "__path__", None)
+    if not archive or not isinstance(path, list) or not path or not path[-1].startswith(archive + os.sep):
+        return None                 # not imported from a zip
+    prefix = path[-1][len(archive) + 1:].replace(os.sep, "/") + "/"
+    try:
+        sources = _zip_sources(archive, prefix)
+        digest = hashlib.sha256()
+        for name in sorted(sources):
+            digest.update(name.encode() + b"\0" + hashlib.sha256(sources[name]).digest())
+        target = os.path.join(root, digest.hexdigest()[:32])
+        if not _ours(target):
+            if not os.path.isdir(root):
+                os.makedirs(root, 0o700)
+            if not _ours(root):
+                return None
+            _build(root, target, sources)
+        if not _ours(target):
+            return None
+        _compile(target)
+    except Exception:  # an optimisation only: whatever went wrong, the imports stay in the zip
+        return None
+    if target not in path:
+        path.insert(0, target)
+    return target

@@ -1,0 +1,84 @@
+"""program_pycache: module_utils imported from a zip (as AnsiballZ ships them) come from a compiled host copy."""
+import importlib
+import importlib.util
+import os
+import sys
+import zipfile
+
+import pytest
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_pycache as pc
+
+
+@pytest.fixture
+def zipped(tmp_path):
+    """make(pkgname, {file: source}) -> imports package `pkgname` from a zip, as AnsiballZ does."""
+    made = []
+
+    def make(pkg, files, name="payload.zip"):
+        archive = str(tmp_path / name)
+        with zipfile.ZipFile(archive, "w") as z:
+            z.writestr("top/__init__.py", "")
+            z.writestr("top/%s/__init__.py" % pkg, "")
+            for fname, src in files.items():
+                z.writestr("top/%s/%s" % (pkg, fname), src)
+        sys.path.insert(0, archive)
+        made.append(archive)
+        importlib.invalidate_caches()
+        return importlib.import_module("top.%s" % pkg)
+    yield make
+    for archive in made:
+        sys.path.remove(archive)
+    for name in [m for m in sys.modules if m == "top" or m.startswith("top.")]:
+        del sys.modules[name]
+
+
+def test_nothing_happens_outside_a_zip(tmp_path):
+    assert pc.use_host_copy(root=str(tmp_path / "cache")) is None        # the package itself: plain files
+    assert not os.path.exists(str(tmp_path / "cache"))
+
+
+def test_zip_package_is_imported_from_a_compiled_copy(zipped, tmp_path):
+    pkg = zipped("mu1", {"a.py": "X = 1\n", "b.py": "from top.mu1.a import X\nY = X + 1\n"})
+    root = str(tmp_path / "cache")
+    target = pc.use_host_copy(root=root, package="top.mu1")
+    assert target and os.path.dirname(target) == root
+    assert sorted(os.listdir(target)) == ["__init__.py", "__pycache__", "a.py", "b.py"]
+    for name in ("a.py", "b.py"):
+        assert os.path.exists(importlib.util.cache_from_source(os.path.join(target, name)))
+    assert oct(os.stat(root).st_mode & 0o777) == "0o700" and oct(os.stat(target).st_mode & 0o777) == "0o700"
+    b = importlib.import_module("top.mu1.b")
+    assert b.Y == 2 and b.__file__ == os.path.join(target, "b.py")
+    assert pkg.__path__[0] == target
+    assert pc.use_host_copy(root=root, package="top.mu1") == target      # again: the same copy, not twice
+    assert pkg.__path__.count(target) == 1
+
+
+def test_changed_sources_get_a_new_copy_and_the_old_one_goes(zipped, tmp_path):
+    root = str(tmp_path / "cache")
+    zipped("mu2", {"a.py": "X = 1\n"}, "one.zip")
+    first = pc.use_host_copy(root=root, package="top.mu2")
+    for name in [m for m in sys.modules if m == "top" or m.startswith("top.")]:
+        del sys.modules[name]
+    sys.path.remove(str(tmp_path / "one.zip"))
+    zipped("mu2", {"a.py": "X = 2\n"}, "two.zip")
+    second = pc.use_host_copy(root=root, package="top.mu2")
+    assert second != first and os.listdir(root) == [os.path.basename(second)]
+    assert importlib.import_module("top.mu2.a").X == 2
+    sys.path.insert(0, str(tmp_path / "one.zip"))    # for the fixture's cleanup
+
+
+def test_a_copy_others_can_write_is_not_used(zipped, tmp_path):
+    root = tmp_path / "cache"
+    root.mkdir()
+    os.chmod(str(root), 0o777)
+    zipped("mu3", {"a.py": "X = 3\n"})
+    assert pc.use_host_copy(root=str(root), package="top.mu3") is None
+    a = importlib.import_module("top.mu3.a")
+    assert a.X == 3 and ".zip" in a.__file__                             # still imported from the zip
+    assert os.listdir(str(root)) == []
+
+
+def test_broken_source_leaves_the_imports_in_the_zip(zipped, tmp_path):
+    zipped("mu4", {"a.py": "X = (\n"})
+    assert pc.use_host_copy(root=str(tmp_path / "cache"), package="top.mu4") is None
