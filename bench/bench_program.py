@@ -7,8 +7,14 @@
 - noop_reapply: ebpf_program re-applied with nothing to do against `ping` (the cheapest module there is).
   Target: at most 1.2x.
 Per-task durations come from ansible-core's junit callback (task start to result, as Ansible sees it). The
-playbook interleaves the two sides REPEAT times (cleanup tasks untimed) and each side keeps its minimum: the
-machine is shared, and the minimum is the least disturbed measurement of both alike.
+playbook interleaves the two sides REPEAT times (HM_BENCH_REPEAT, default 16; cleanup tasks untimed) and each
+side keeps its minimum: the machine is shared, and the minimum is the least disturbed measurement of both alike
+(min, median and max of each side go to stderr).
+Fair by construction: one task per side and measurement, the same play, connection (local), interpreter and
+host; ours does more than the bpftool line (state record, host lock, gating, idempotence reads). The warmup
+tasks run each side once first: for ebpf_program that is also the run that compiles the collection's
+module_utils into /var/cache/hypermesh-ebpf/module_utils (program_pycache), once per host and collection
+version, as bpftool's binary is already on disk; the timed tasks measure the steady state.
 `run()` returns [{name, ours_s, baseline_s, ratio, target}].
 """
 import glob

@@ -7,11 +7,12 @@ writes bytecode for code it imports from a zip: every run compiles them again. F
 130 KB of source and 40-50 ms of CPU per task, more than everything else a no-op re-apply does.
 
 use_host_copy() copies the zip's module_utils once into /var/cache/hypermesh-ebpf/module_utils/<digest>/ (the
-digest of the files' contents, so a changed collection gets a directory of its own; the others are removed)
-compiles them there (__pycache__, per Python version, written even under PYTHONDONTWRITEBYTECODE: the directory
-is ours, not a source tree), and puts that directory first in the package's search path, so later runs load
-the bytecode as for any installed library. A module missing there is still found in the zip. The directory is root's and not writable by anyone else (it holds code run as root); when it is
-not so, cannot be made, or anything else goes wrong, the imports simply stay in the zip.
+digest of the files' names, sizes and CRC-32s: a changed collection gets a directory of its own and the others
+are removed), compiles them there (__pycache__, per Python version, written even under PYTHONDONTWRITEBYTECODE:
+the directory is ours, not a source tree) and puts that directory first in the package's search path, so later
+runs load the bytecode as for any installed library. A module missing there is still found in the zip.
+The directory is root's and writable by no one else (it holds code run as root); when it is not so, cannot be
+made, or anything else goes wrong, the imports simply stay in the zip.
 Outside AnsiballZ (tests, the boot-time re-apply: ordinary files with their own bytecode cache) it does
 nothing. Importable without ansible.
 """
@@ -34,15 +35,19 @@ def _ours(path):
         not st.st_mode & 0o022
 
 
-def _zip_sources(archive, prefix):
-    """{file name: source bytes} of the package's own .py files in the zip (no subpackages)."""
+def _zip_members(archive, prefix):
+    """{file name: ZipInfo} of the package's own .py files in the zip (no subpackages)."""
     import zipfile
-    out = {}
     with zipfile.ZipFile(archive) as z:
-        for info in z.infolist():
-            rest = info.filename[len(prefix):]
-            if info.filename.startswith(prefix) and rest.endswith(".py") and "/" not in rest:
-                out[rest] = z.read(info)
+        return dict((i.filename[len(prefix):], i) for i in z.infolist()
+                    if i.filename.startswith(prefix) and i.filename.endswith(".py")
+                    and "/" not in i.filename[len(prefix):])
+
+
+def _zip_sources(archive, members):
+    import zipfile
+    with zipfile.ZipFile(archive) as z:
+        out = dict((name, z.read(info)) for name, info in members.items())
     out.setdefault("__init__.py", b"")  # _compile's mark of a complete set
     return out
 
@@ -62,8 +67,8 @@ def _build(root, target, sources):
         shutil.rmtree(tmp, ignore_errors=True)
         if not _ours(target):       # another run may have won the rename: that copy is as good
             raise
-    for entry in os.listdir(root):  # copies of other versions of the collection
-        if entry != os.path.basename(target) and not entry.startswith(".tmp-"):
+    for entry in os.listdir(root):  # copies of other versions of the collection, leftovers of killed runs
+        if entry != os.path.basename(target):
             shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
 
 
@@ -91,17 +96,17 @@ def use_host_copy(root=CACHE_ROOT, package=PACKAGE):
         return None                 # not imported from a zip
     prefix = path[-1][len(archive) + 1:].replace(os.sep, "/") + "/"
     try:
-        sources = _zip_sources(archive, prefix)
-        digest = hashlib.sha256()
-        for name in sorted(sources):
-            digest.update(name.encode() + b"\0" + hashlib.sha256(sources[name]).digest())
+        members = _zip_members(archive, prefix)
+        digest = hashlib.sha256()   # of names, sizes and CRC-32s: read from the zip's directory, no inflating
+        for name in sorted(members):
+            digest.update(("%s %d %08x\n" % (name, members[name].file_size, members[name].CRC)).encode())
         target = os.path.join(root, digest.hexdigest()[:32])
         if not _ours(target):
             if not os.path.isdir(root):
                 os.makedirs(root, 0o700)
             if not _ours(root):
                 return None
-            _build(root, target, sources)
+            _build(root, target, _zip_sources(archive, members))
         if not _ours(target):
             return None
         _compile(target)

@@ -209,3 +209,23 @@ def test_loaded_then_attached_then_loaded(pin_root, pair):
     r3 = run(dict(base, state="loaded"))
     assert r3["changed"] and netlink.xdp_query(pair.if_b, pair.ns_b)["prog_id"] == 0
     assert run({"name": name, "state": "absent", "pin_root": pin_root})["changed"]
+
+
+def test_noop_decides_without_libbpf_and_a_change_still_loads_it(pin_root, pair):
+    """A re-apply of an unchanged object decides from the record, the pins and one netlink query: with no
+    libbpf to be found (HYPERMESH_EBPF_LIBBPF names a library that does not exist) it still answers
+    'not changed'; a change in the same situation is refused clearly and leaves the program as it was."""
+    name = "t-nolibbpf-%d" % os.getpid()
+    args = {"name": name, "object": obj("xdp_counter"), "pin_root": pin_root,
+            "attach": {"xdp": {"interface": pair.if_b, "netns": pair.ns_b, "mode": "generic"}}}
+    no_libbpf = {"HYPERMESH_EBPF_LIBBPF": "/nonexistent/libbpf.so.9"}
+    r1 = run(args)
+    assert r1["changed"] and netlink.xdp_query(pair.if_b, pair.ns_b)["prog_id"] == r1["prog_id"]
+    r2 = run(args, env=no_libbpf)
+    assert not r2["failed"] and not r2["changed"] and r2["prog_id"] == r1["prog_id"], r2
+    r3 = run(dict(args, attach={"xdp": {"interface": pair.if_b, "netns": pair.ns_b, "mode": "auto"}}),
+             env=no_libbpf)
+    assert r3["failed"] and "libbpf is not installed" in r3["msg"], r3
+    assert netlink.xdp_query(pair.if_b, pair.ns_b)["prog_id"] == r1["prog_id"]
+    assert run({"name": name, "state": "absent", "pin_root": pin_root})["changed"]
+    assert netlink.xdp_query(pair.if_b, pair.ns_b)["prog_id"] == 0

@@ -144,6 +144,7 @@ def test_xdp_offload_and_mixed_modes_are_refused_and_change_nothing(veth_pair, p
     with pytest.raises(nl.NetlinkError, match="attached now: program id %d in generic mode" % pass_id) as err:
         nl.xdp_attach(dev, drop_fd, mode="native", netns=ns)
     assert err.value.errno == errno.EEXIST
+    assert "can't be active at the same time" in str(err.value)     # the kernel's extended ack text
     assert nl.xdp_query(dev, ns)["modes"] == {"generic": pass_id}
     assert ping(veth_pair.ns_a, veth_pair.addr_b)
 
