@@ -3,8 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """What the ebpf_map module does, as a function: apply_entries(params, check_mode, diff) -> result.
 
-One job: encode and check every entry, plan the change against the map's live contents, write it all or
-nothing, report. The module file only declares its options and calls apply_entries(); the boot-time re-apply
+One job: encode and check every entry (given in `entries`, or read from the `src` file), plan the change
+against the map's live contents, write it all or nothing, report. The module file only declares its options and calls apply_entries(); the boot-time re-apply
 (reapply.py) calls the very same function with the parameters the ebpf_programs role saved.
 Importable without ansible.
 """
@@ -26,6 +26,7 @@ ARGUMENT_SPEC = dict(
     pin_root=dict(type="path", default=pinned_map.DEFAULT_PIN_ROOT),
     entries=dict(type="list", elements="dict", default=[]),
     src=dict(type="path"),
+    report_keys=dict(type="bool", default=True),
     state=dict(type="str", choices=["present", "absent"], default="present"),
     exact=dict(type="bool", default=False),
     key_format=dict(type="str", choices=list(map_codec.FORMATS), default="auto"),
@@ -98,13 +99,17 @@ def apply_entries(params, check_mode=False, diff=False):
                     path, "frozen with BPF_MAP_FREEZE" if pm.frozen else "BPF_F_RDONLY in its map_flags"))
             if changed and not check_mode:
                 pm.apply(plan["deletes"], plan["updates"], plan["previous"])
+            added = [k for k, _v in plan["updates"] if plan["before"][k] is None]
+            updated = [k for k, _v in plan["updates"] if plan["before"][k] is not None]
             result = {
                 "changed": changed,
                 "map": pm.describe(),
-                "added": _labels(kcodec, [k for k, _v in plan["updates"] if plan["before"][k] is None]),
-                "updated": _labels(kcodec, [k for k, _v in plan["updates"] if plan["before"][k] is not None]),
-                "removed": _labels(kcodec, plan["deletes"]),
+                "counts": {"added": len(added), "updated": len(updated), "removed": len(plan["deletes"])},
             }
+            if p["report_keys"]:
+                result["added"] = _labels(kcodec, added)
+                result["updated"] = _labels(kcodec, updated)
+                result["removed"] = _labels(kcodec, plan["deletes"])
             if diff:
                 result["diff"] = {
                     "before": {"entries": dict((kcodec.label(k), _show(pm, vcodec, v))

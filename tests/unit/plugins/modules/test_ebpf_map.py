@@ -128,3 +128,14 @@ def test_invocation_does_not_echo_entries(kernel):
     r = run(entries=entries)
     assert r["invocation"]["module_args"]["entries"] == "(500 entries)"
     assert len(kernel["data"]) == 500
+
+
+def test_report_keys_false_gives_counts_only(kernel):
+    entries = [{"key": "10.0.0.%d" % i, "value": i} for i in range(1, 4)]
+    full = run(entries=entries, diff=False)
+    assert full["counts"] == {"added": 3, "updated": 0, "removed": 0}
+    assert sorted(full["added"]) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    r = run(entries=[{"key": "10.0.0.1", "value": 9}], state="present", exact=True, report_keys=False, diff=False)
+    assert r["changed"] and r["counts"] == {"added": 0, "updated": 1, "removed": 2}, r
+    assert "added" not in r and "updated" not in r and "removed" not in r
+    assert kernel["data"] == {bytes([10, 0, 0, 1]): (9).to_bytes(8, "little")}
