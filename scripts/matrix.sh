@@ -10,7 +10,6 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 scenario=${1:-default}
 export PATH="$top/.venv/bin:$PATH"
-export ANSIBLE_COLLECTIONS_PATH="$top/.cache/collections"
 export HYPERMESH_CACHE=${HYPERMESH_CACHE:-/var/cache/hypermesh-ebpf}
 export PY_COLORS=0 ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1
 
@@ -26,6 +25,14 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 run=$(mktemp -d /tmp/hypermesh-matrix.XXXXXX)
+# The collection as it is now, copied for this run: every step (and both rollouts of the rollout phase, which
+# must change nothing the second time) runs the same code while the tree is being edited.
+snap=".cache/matrix-collections.${run##*.}"
+mkdir -p "$snap/ansible_collections/hypermesh/ebpf"
+tar -C "$top" --exclude=./.git --exclude=./.venv --exclude=./.cache --exclude=__pycache__ -cf - . \
+  | tar -C "$snap/ansible_collections/hypermesh/ebpf" -xf -
+export HYPERMESH_COLLECTIONS_DIR=${snap#.cache/} ANSIBLE_COLLECTIONS_PATH="$top/$snap"
+echo "matrix: collection copied to $snap ($(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$top" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes'))"
 export HYPERMESH_STATE="$run/guests" HYPERMESH_RESULTS="$run/results" HYPERMESH_PROGRESS="$run/progress.log"
 mkdir -p "$HYPERMESH_RESULTS"
 : > "$HYPERMESH_PROGRESS"
@@ -50,6 +57,7 @@ PY
 cleanup() {
   rc=$?
   kill "$tail_pid" 2>/dev/null || true
+  rm -rf "${top:?}/$snap"
   if [ "${HYPERMESH_KEEP:-0}" != 1 ]; then
     molecule destroy -s "$scenario" >/dev/null 2>&1 || true
     python3 -m harness down --state "$HYPERMESH_STATE" || true
@@ -99,7 +107,7 @@ step prepare molecule prepare -s "$scenario"
 step converge molecule converge -s "$scenario"
 step idempotence molecule idempotence -s "$scenario"
 step verify molecule verify -s "$scenario"
-step rollout molecule side_effect -s "$scenario"
+step rollout molecule side-effect -s "$scenario"
 if [ "${HYPERMESH_KEEP:-0}" != 1 ]; then
   step destroy_end molecule destroy -s "$scenario"
   python3 -m harness check-clean --state "$HYPERMESH_STATE"

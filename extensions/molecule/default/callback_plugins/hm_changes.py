@@ -1,5 +1,5 @@
-"""Per play and per host: ok, changed, failed and skipped task counts, the names of the changed tasks, and the
-play's start and end time, written to <results>/plays-<playbook>.json at the start of every play and at the
+"""Per play and per host: ok, changed, failed and skipped task counts, the names of the changed tasks; per play
+its start and end time and every task's [name, start, seconds] (all hosts together), written to <results>/plays-<playbook>.json at the start of every play and at the
 end of the run. The side_effect playbook reads it to assert that the rollout it just ran changed something
 (first rollout) or nothing at all (second rollout): the same counts as Ansible's PLAY RECAP, per play.
 <results> is $HYPERMESH_RESULTS, else <molecule ephemeral directory>/results.
@@ -19,6 +19,11 @@ short_description: task counts per play and host, as JSON, for the kernel matrix
 description: Writes <results>/plays-<playbook>.json (see the module docstring).
 requirements: [enable in callbacks_enabled]
 """
+
+
+def _name(result):
+    """The task's name without its role's prefix (what the playbook or role wrote)."""
+    return result._task.name or result._task.get_name()
 
 
 class CallbackModule(CallbackBase):
@@ -47,7 +52,21 @@ class CallbackModule(CallbackBase):
             json.dump({"plays": self.plays}, f, indent=1)
         os.replace(tmp, self.path)
 
+    def _end_task(self):
+        if self.plays and self.plays[-1]["tasks"] and len(self.plays[-1]["tasks"][-1]) == 2:
+            name, start = self.plays[-1]["tasks"][-1]
+            self.plays[-1]["tasks"][-1] = [name, start, round(time.time() - start, 1)]
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        self._end_task()
+        if self.plays:
+            self.plays[-1]["tasks"].append([task.name or task.get_name(), time.time()])
+
+    def v2_playbook_on_handler_task_start(self, task):
+        self.v2_playbook_on_task_start(task, False)
+
     def _end_play(self):
+        self._end_task()
         if self.plays and self.plays[-1]["end"] is None:
             self.plays[-1]["end"] = time.time()
             self.plays[-1]["seconds"] = round(self.plays[-1]["end"] - self.plays[-1]["start"], 1)
@@ -55,7 +74,7 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_play_start(self, play):
         self._end_play()
         self.plays.append({"index": len(self.plays), "name": play.get_name(), "start": time.time(), "end": None,
-                           "hosts": {}})
+                           "hosts": {}, "tasks": []})
         self._dump()
 
     def _host(self, result):
@@ -71,13 +90,13 @@ class CallbackModule(CallbackBase):
         rec["ok"] += 1
         if result._result.get("changed", False):
             rec["changed"] += 1
-            rec["changed_tasks"].append(result._task.get_name())
+            rec["changed_tasks"].append(_name(result))
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
         rec = self._host(result)
         if rec and not ignore_errors:
             rec["failed"] += 1
-            rec["failed_tasks"].append(result._task.get_name())
+            rec["failed_tasks"].append(_name(result))
 
     def v2_runner_on_skipped(self, result):
         rec = self._host(result)
