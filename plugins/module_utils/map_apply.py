@@ -4,8 +4,9 @@
 """What the ebpf_map module does, as a function: apply_entries(params, check_mode, diff) -> result.
 
 One job: encode and check every entry (given in `entries`, or read from the `src` file), plan the change
-against the map's live contents, write it all or nothing, report. The module file only declares its options and calls apply_entries(); the boot-time re-apply
-(reapply.py) calls the very same function with the parameters the ebpf_programs role saved.
+against the map's live contents, write it all or nothing, report. The module file only declares its options
+and calls apply_entries(); the boot-time re-apply (reapply.py) calls the very same function with the
+parameters the ebpf_programs role saved.
 Importable without ansible.
 """
 

@@ -19,11 +19,12 @@ description:
     structs add field by field; C(null) when the values are not numbers).
   - The whole map is read with C(BPF_MAP_LOOKUP_BATCH) where the kernel supports it (5.6+ and the map type),
     else with C(BPF_MAP_GET_NEXT_KEY) and one lookup per key; RV(read_method) says which.
-  - "Big maps: every dict in a result costs Ansible's controller time (about 30 microseconds per entry with
-    ansible-core 2.19, plus the module's own result scrubbing). O(entries_as=dict) returns one
-    C({key: value}) dict instead of one dict per entry (about half the cost for 65,536 entries); O(dest)
-    writes the entries to a file on the managed host and returns none (like C(bpftool -j map dump > FILE)),
-    which M(hypermesh.ebpf.ebpf_map) can read back with its O(hypermesh.ebpf.ebpf_map#module:src) option."
+  - "Big maps: every dict and value in a result costs time in the module (ansible-core scrubs the result
+    for no_log values) and on the controller, tens of microseconds per entry with ansible-core 2.19 on a
+    2-core machine, far more than the kernel read. O(entries_as=dict) returns one C({key: value}) dict
+    instead of one dict per entry (a third to a half of that cost); O(dest) writes the entries to a file on
+    the managed host and returns none (like C(bpftool -j map dump > FILE)), which
+    M(hypermesh.ebpf.ebpf_map) can read back with its O(hypermesh.ebpf.ebpf_map#module:src) option."
   - Reads only, except that O(dest) writes its file (reported as C(changed) when the file's content changed;
     not in check mode).
 version_added: "0.1.0"
