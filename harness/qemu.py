@@ -1,18 +1,24 @@
 """Boot a guest under qemu and tear it down without leaving anything behind.
 
 KVM when /dev/kvm works, plain emulation (TCG) otherwise. User-mode networking with SSH forwarded from a
-free port on 127.0.0.1 only. The kernel and initrd are given to qemu directly (-kernel/-initrd), the root
-file system is a qcow2 overlay over the cached image on a virtio disk. The serial console goes to a file,
+free port on 127.0.0.1 only. The kernel (and its initrd where it needs one) is given to qemu directly
+(-kernel/-initrd), the root file system is a qcow2 overlay over the cached image on an NVMe disk (Debian's
+cloud kernels have that driver built in: no initramfs) or a virtio disk. The serial console goes to a file,
 shown when the guest fails.
 """
 import errno
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
 
-BASE_CMDLINE = "console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1"
+BASE_CMDLINE = "console=ttyS0 rw net.ifnames=0 panic=-1"
+
+# The root disk: NVMe for Debian's cloud kernels (driver built in: no initramfs to unpack and run), virtio-blk
+# for a kernel whose initramfs loads the driver (and the custom guest, as docs/harness.md describes).
+ROOT = {"nvme": "root=/dev/nvme0n1 rootfstype=ext4 rootwait", "virtio": "root=/dev/vda"}
 
 
 class GuestError(Exception):
@@ -48,27 +54,34 @@ def port_in_use(port, host="127.0.0.1"):
         s.close()
 
 
-def kernel_cmdline(pubkey, extra=""):
+def kernel_cmdline(pubkey, extra="", disk="virtio"):
     """The guest's kernel command line: console, root, the run's SSH key, then the guest's own extras."""
     parts = pubkey.split()
     if len(parts) < 2:
         raise ValueError("not an OpenSSH public key")
-    line = "%s hypermesh.key=%s:%s" % (BASE_CMDLINE, parts[0], parts[1])
+    line = "%s %s hypermesh.key=%s:%s" % (BASE_CMDLINE, ROOT[disk], parts[0], parts[1])
     if extra.strip():
         line += " " + " ".join(extra.split())
     return line
 
 
-def qemu_argv(name, kernel, initrd, disk, port, cmdline, console, pidfile, kvm, memory=1024, cpus=1):
+def disk_args(path, disk):
+    if disk == "nvme":
+        return ["-drive", "file=%s,if=none,id=root,format=qcow2,cache=unsafe" % path,
+                "-device", "nvme,drive=root,serial=hypermesh"]
+    return ["-drive", "file=%s,if=virtio,format=qcow2,cache=unsafe" % path]
+
+
+def qemu_argv(name, kernel, initrd, disk, port, cmdline, console, pidfile, kvm, memory=1024, cpus=1,
+              disk_type="virtio"):
     argv = ["qemu-system-x86_64", "-name", "hypermesh-" + name, "-machine", "q35"]
     argv += accel_args(kvm)
     argv += ["-smp", str(cpus), "-m", str(memory), "-nodefaults", "-display", "none", "-no-reboot",
              "-serial", "file:" + console, "-kernel", kernel]
     if initrd:
         argv += ["-initrd", initrd]
-    argv += ["-append", cmdline,
-             "-drive", "file=%s,if=virtio,format=qcow2,cache=unsafe" % disk,
-             "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22" % port,
+    argv += ["-append", cmdline] + disk_args(disk, disk_type)
+    argv += ["-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22" % port,
              "-device", "virtio-net-pci,netdev=n0",
              "-device", "virtio-rng-pci",
              "-daemonize", "-pidfile", pidfile]
@@ -110,6 +123,15 @@ def pid_is_guest(pid, name):
     return b"hypermesh-" + name.encode() in argv
 
 
+def image_root_disk(image):
+    """"nvme" or "virtio", from the image's manifest (images.py; images of before it was recorded: virtio)."""
+    try:
+        with open(os.path.join(image, "manifest.json")) as f:
+            return json.load(f).get("root_disk", "virtio")
+    except (OSError, ValueError):
+        return "virtio"
+
+
 class Guest(object):
     """One running guest: its state lives in statedir/<name>/."""
 
@@ -127,16 +149,19 @@ class Guest(object):
             raise GuestError("guest %s: %s exists (still running? run destroy first)" % (self.name, self.overlay))
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
                         os.path.join(image, "rootfs.img"), self.overlay], check=True)
+        disk = "virtio"
+        if kernel is None:  # the image's own kernel: its manifest says how it finds its root
+            kernel = os.path.join(image, "vmlinuz")
+            disk = image_root_disk(image)
+            if disk == "virtio" and initrd is None:
+                initrd = os.path.join(image, "initrd.img")
         with open(key + ".pub") as f:
-            cmdline = kernel_cmdline(f.read(), extra_cmdline)
-        kernel = kernel or os.path.join(image, "vmlinuz")
-        if initrd is None and kernel == os.path.join(image, "vmlinuz"):
-            initrd = os.path.join(image, "initrd.img")
+            cmdline = kernel_cmdline(f.read(), extra_cmdline, disk)
         last = ""
         for _ in range(5):  # the port may be taken between free_port() and qemu's bind
             port = free_port()
             argv = qemu_argv(self.name, kernel, initrd, self.overlay, port, cmdline, self.console,
-                             self.pidfile, kvm, memory)
+                             self.pidfile, kvm, memory, disk_type=disk)
             res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             if res.returncode == 0:
                 self.port = port

@@ -63,3 +63,48 @@ def test_kernel_files(tmp_path):
     (boot / "initrd.img-6.1.0-9-cloud-amd64").write_text("i")
     release, vmlinuz, initrd = images.kernel_files(str(tmp_path))
     assert release == "6.1.0-9-cloud-amd64" and vmlinuz.endswith("vmlinuz-6.1.0-9-cloud-amd64")
+
+
+def test_root_disk_from_the_kernel_config(tmp_path):
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    assert images.root_disk(str(tmp_path), "6.1.0-9-cloud-amd64") == "virtio"  # no config: the initrd way
+    (boot / "config-6.1.0-9-cloud-amd64").write_text("CONFIG_BLK_DEV_NVME=y\nCONFIG_EXT4_FS=y\n")
+    assert images.root_disk(str(tmp_path), "6.1.0-9-cloud-amd64") == "nvme"
+    (boot / "config-6.1.0-9-cloud-amd64").write_text("CONFIG_BLK_DEV_NVME=m\nCONFIG_EXT4_FS=y\n")
+    assert images.root_disk(str(tmp_path), "6.1.0-9-cloud-amd64") == "virtio"
+
+
+def test_guest_init_runs_before_ssh_and_boot_units_are_masked():
+    hooks = "\n".join(images.customize_hooks("hm-trixie"))
+    assert "sysinit.target.wants/hypermesh-guest-init.service" in hooks
+    assert "Before=ssh.socket" in images.GUEST_INIT_UNIT
+    for unit in ("ldconfig.service", "systemd-update-done.service", "systemd-binfmt.service"):
+        assert 'ln -sf /dev/null "$1/etc/systemd/system/%s"' % unit in hooks
+    assert 'ln -sf /dev/null "$1/etc/systemd/system-generators/systemd-ssh-generator"' in hooks
+    assert "systemd-fstab-generator" not in images.MASKED_GENERATORS
+    # the Ansible side needs these: never masked
+    for unit in ("systemd-journald.service", "systemd-udevd.service", "sys-kernel-tracing.mount",
+                 "ssh.socket", "ssh.service", "systemd-sysctl.service", "systemd-tmpfiles-setup.service"):
+        assert unit not in images.MASKED_UNITS
+    assert "--subsystem-match=net" in images.DROP_INS["systemd-udev-trigger.service"]
+
+
+def test_build_records_the_root_disk(tmp_path, monkeypatch):
+    def run(argv, **kw):
+        if argv[0] == "mmdebstrap":  # a rootfs with a cloud kernel that has NVMe and ext4 built in
+            boot = os.path.join(argv[-2], "boot")
+            os.makedirs(boot)
+            for name, text in (("vmlinuz-", "k"), ("initrd.img-", "i"),
+                               ("config-", "CONFIG_BLK_DEV_NVME=y\nCONFIG_EXT4_FS=y\n")):
+                with open(os.path.join(boot, name + "6.1.0-9-cloud-amd64"), "w") as f:
+                    f.write(text)
+        elif argv[0] == "mke2fs":
+            open(argv[-2], "w").close()
+        return images.subprocess.CompletedProcess(argv, 0, "")
+    monkeypatch.setattr(images.subprocess, "run", run)
+    monkeypatch.setattr(images.aptconf, "host_mirror", lambda: "http://mirror/debian")
+    monkeypatch.setattr(images.aptconf, "host_proxy", lambda: None)
+    m = images.build("bookworm", str(tmp_path), log=lambda m: None)
+    assert m["root_disk"] == "nvme" and m["release"] == "6.1.0-9-cloud-amd64" and not m["cached"]
+    assert images.load_manifest(m["path"])["root_disk"] == "nvme"

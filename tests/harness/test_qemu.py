@@ -1,6 +1,8 @@
 """qemu command lines, kernel command lines, ports and the guard that never signals a foreign pid."""
+import json
 import os
 import socket
+import subprocess
 
 import pytest
 
@@ -82,3 +84,46 @@ def test_custom_guest(tmp_path):
         guests.custom_guest({"HYPERMESH_GUEST_KERNEL": str(tmp_path / "nope")})
     with pytest.raises(ValueError, match="HYPERMESH_GUEST_ROOTFS"):
         guests.custom_guest({"HYPERMESH_GUEST_KERNEL": str(k), "HYPERMESH_GUEST_ROOTFS": "potato"})
+
+
+def test_nvme_root_without_initrd():
+    line = qemu.kernel_cmdline(KEY, "", "nvme")
+    assert "root=/dev/nvme0n1" in line and "rootwait" in line and "root=/dev/vda" not in line
+    argv = qemu.qemu_argv("trixie", "/i/vmlinuz", None, "/s/overlay.qcow2", 2222, line, "/s/console.log",
+                          "/s/qemu.pid", False, disk_type="nvme")
+    assert "nvme,drive=root,serial=hypermesh" in argv and "-initrd" not in argv
+    assert not any("if=virtio" in a for a in argv)
+
+
+def _started_argv(tmp_path, monkeypatch, manifest, **kwargs):
+    image = tmp_path / "image"
+    image.mkdir()
+    (image / "manifest.json").write_text(json.dumps(manifest))
+    key = tmp_path / "id"
+    (tmp_path / "id.pub").write_text(KEY)
+    seen = []
+
+    def run(argv, **kw):
+        seen.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "")
+    monkeypatch.setattr(qemu.subprocess, "run", run)
+    qemu.Guest("g", str(tmp_path / "state")).start(str(image), str(key), **kwargs)
+    return seen[-1]
+
+
+def test_start_boots_an_nvme_image_without_its_initrd(tmp_path, monkeypatch):
+    argv = _started_argv(tmp_path, monkeypatch, {"root_disk": "nvme"})
+    assert "-initrd" not in argv and "nvme,drive=root,serial=hypermesh" in argv
+    assert "root=/dev/nvme0n1" in argv[argv.index("-append") + 1]
+
+
+def test_start_boots_an_older_image_from_virtio_with_its_initrd(tmp_path, monkeypatch):
+    argv = _started_argv(tmp_path, monkeypatch, {"release": "6.1.0-9-cloud-amd64"})
+    assert argv[argv.index("-initrd") + 1] == str(tmp_path / "image" / "initrd.img")
+    assert "root=/dev/vda" in argv[argv.index("-append") + 1]
+
+
+def test_start_boots_a_custom_kernel_from_virtio(tmp_path, monkeypatch):
+    argv = _started_argv(tmp_path, monkeypatch, {"root_disk": "nvme"}, kernel="/k/vmlinuz-4.19")
+    assert argv[argv.index("-kernel") + 1] == "/k/vmlinuz-4.19" and "-initrd" not in argv
+    assert "root=/dev/vda" in argv[argv.index("-append") + 1]
