@@ -69,7 +69,14 @@ def load_run(run):
 def load_phases(run):
     """[(play name, seconds)] of the rollout phase, in order (results/plays-side_effect.json)."""
     doc = _load(os.path.join(run, "results", "plays-side_effect.json"), {})
-    return [[p.get("name", "?"), p.get("seconds")] for p in doc.get("plays", [])]
+    out, n = [], 0
+    for p in doc.get("plays", []):
+        name = p.get("name", "?")
+        if name.startswith("Roll eBPF programs out"):  # playbooks/rollout.yml's play, once per rollout
+            n += 1
+            name = "%s [rollout %d]" % (name, n)
+        out.append([name, p.get("seconds")])
+    return out
 
 
 def rollout_summary(rec):

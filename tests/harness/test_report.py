@@ -84,11 +84,11 @@ def test_rollout_record_and_phases(tmp_path):
     assert ro["reboot"]["programs_back"] == ["r_blocklist", "r_tc"]
     assert ro["reboot"]["reapply"] == "ActiveState=active ExecMainStatus=0"
     assert ro["prune"]["removed"] == ["r_rawtp"]
-    assert rep["rollout_phases"] == [["Roll eBPF programs out (canary, then batches)", 300.0]]
+    assert rep["rollout_phases"] == [["Roll eBPF programs out (canary, then batches) [rollout 1]", 300.0]]
     md = (out / "kernel-matrix.md").read_text()
     assert ("| bullseye | 9 | 0 | 71 | ActiveState=active ExecMainStatus=0 | r_blocklist, r_tc | 0 -> 20 "
             "| r_rawtp | r_rawtp: program 9 still loaded |") in md
-    assert "| Roll eBPF programs out (canary, then batches) | 300.0 |" in md
+    assert "| Roll eBPF programs out (canary, then batches) [rollout 1] | 300.0 |" in md
 
 
 def test_no_rollout_no_section(tmp_path):
