@@ -88,8 +88,10 @@ def qemu_argv(name, kernel, initrd, disk, port, cmdline, console, pidfile, kvm, 
     return argv
 
 
-def ssh_argv(port, key, command=None, user="root"):
-    argv = ["ssh", "-i", key, "-p", str(port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+def ssh_argv(port, key, command=None, user="root", timeout=30):
+    # ConnectTimeout also bounds ssh's handshake, which takes seconds in a guest under emulation on a busy
+    # host: a short one only makes the first connections give up half-way and start over.
+    argv = ["ssh", "-i", key, "-p", str(port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % timeout,
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
             "%s@127.0.0.1" % user]
     if command:
@@ -189,10 +191,13 @@ class Guest(object):
             pid = read_pid(self.pidfile)
             if pid is None or not pid_is_guest(pid, self.name):
                 raise GuestError("guest %s: qemu exited during boot" % self.name, tail(self.console))
-            res = subprocess.run(ssh_argv(port, key, "true"), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-            if res.returncode == 0:
-                return time.time() - started
+            try:
+                res = subprocess.run(ssh_argv(port, key, "true"), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=60)
+                if res.returncode == 0:
+                    return time.time() - started
+            except subprocess.TimeoutExpired:
+                pass
             time.sleep(0.5)
         raise GuestError("guest %s: no SSH after %d s" % (self.name, timeout), tail(self.console))
 
