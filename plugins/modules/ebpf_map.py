@@ -191,7 +191,13 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils.map_apply import (
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_pycache
+
+# the module_utils below compiled once per host, not on every run (a directory of this module's own: the set of
+# module_utils differs from ebpf_program's, and each set replaces the others kept in one directory)
+program_pycache.use_host_copy(program_pycache.CACHE_ROOT + "-ebpf_map")
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils.map_apply import (  # noqa: E402
     ARGUMENT_SPEC, ERRORS, MUTUALLY_EXCLUSIVE, apply_entries)
 
 

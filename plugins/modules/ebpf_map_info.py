@@ -146,9 +146,15 @@ read_method:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_codec
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_file
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import pinned_map
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_pycache
+
+# the module_utils below compiled once per host, not on every run (a directory of this module's own, see
+# ebpf_map)
+program_pycache.use_host_copy(program_pycache.CACHE_ROOT + "-ebpf_map_info")
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_codec  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_file  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import pinned_map  # noqa: E402
 
 
 def main():

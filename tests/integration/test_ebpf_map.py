@@ -417,3 +417,16 @@ def test_info_dest_four_run_check_and_round_trip(pin_root, tmp_path):
                                "exact": True})["changed"] is False
     r = module("ebpf_map_info", dict(args, dest=str(tmp_path / "no" / "dump.json")))
     assert r.get("failed") and "does not exist" in r["msg"], r
+
+
+def test_module_utils_compiled_once_per_host(pin_root):
+    """Through Ansible the modules import their module_utils from the AnsiballZ zip; program_pycache keeps a
+    compiled copy per module on the host (a directory each: ebpf_map and ebpf_map_info ship other sets)."""
+    import glob
+    path = _hash(pin_root, "pycache")
+    assert module("ebpf_map", {"path": path, "key_format": "int", "value_format": "int",
+                               "entries": [{"key": 1, "value": 2}]})["changed"]
+    assert module("ebpf_map_info", {"path": path, "key_format": "int", "value_format": "int"})["count"] == 1
+    for name, util in (("ebpf_map", "map_apply"), ("ebpf_map_info", "pinned_map")):
+        found = glob.glob("/var/cache/hypermesh-ebpf/module_utils-%s/*/__pycache__/%s.*.pyc" % (name, util))
+        assert len(found) == 1, (name, found)
