@@ -7,8 +7,8 @@ writes bytecode for code it imports from a zip: every run compiles them again. F
 130 KB of source and 40-50 ms of CPU per task, more than everything else a no-op re-apply does.
 
 use_host_copy() copies the zip's module_utils once into /var/cache/hypermesh-ebpf/module_utils/<digest>/ (the
-digest of the files' names, sizes and CRC-32s: a changed collection gets a directory of its own and the others
-are removed), compiles them there (__pycache__, per Python version, written even under PYTHONDONTWRITEBYTECODE:
+digest of the files' names, sizes and CRC-32s: a changed collection gets a directory of its own, and copies
+made more than a day before for other digests are removed), compiles them there (__pycache__, per Python version, written even under PYTHONDONTWRITEBYTECODE:
 the directory is ours, not a source tree) and puts that directory first in the package's search path, so later
 runs load the bytecode as for any installed library. A module missing there is still found in the zip.
 The directory is root's and writable by no one else (it holds code run as root); when it is not so, cannot be
@@ -20,8 +20,10 @@ import hashlib
 import os
 import shutil
 import sys
+import time
 
 CACHE_ROOT = "/var/cache/hypermesh-ebpf/module_utils"
+PRUNE_AFTER = 86400     # seconds
 PACKAGE = __name__.rpartition(".")[0]       # ansible_collections.hypermesh.ebpf.plugins.module_utils
 
 
@@ -67,9 +69,15 @@ def _build(root, target, sources):
         shutil.rmtree(tmp, ignore_errors=True)
         if not _ours(target):       # another run may have won the rename: that copy is as good
             raise
-    for entry in os.listdir(root):  # copies of other versions of the collection, leftovers of killed runs
-        if entry != os.path.basename(target):
-            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+    # copies made more than a day ago for other versions of the collection (or for other modules, whose sets
+    # of module_utils differ), leftovers of killed runs; one still in use is made again on its next run
+    for entry in os.listdir(root):
+        path = os.path.join(root, entry)
+        try:
+            if entry != os.path.basename(target) and os.lstat(path).st_mtime < time.time() - PRUNE_AFTER:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _compile(target):

@@ -33,7 +33,12 @@ def read_record(name, state_dir=None):
 
 
 def write_record(name, record, state_dir=None):
-    """Write the record atomically (temp file in the same dir, fsync, rename); None deletes it."""
+    """Write the record atomically (temp file in the same dir, rename); None deletes it.
+
+    No fsync: the record describes pins on bpffs, which do not outlive the kernel, so a power cut loses both
+    alike; a record lost or left empty by one reads as missing (read_record) and the next run converges from
+    what the kernel shows. The rename keeps a reader from ever seeing half a record, and the page cache keeps
+    it across a killed process (the kill -9 tests)."""
     path = record_path(name, state_dir)
     if record is None:
         try:
@@ -49,8 +54,6 @@ def write_record(name, record, state_dir=None):
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
         os.rename(tmp, path)
     except BaseException:
         try:
