@@ -22,7 +22,7 @@ description:
   - "Big maps: every dict and value in a result costs time in the module (ansible-core scrubs the result
     for no_log values) and on the controller, tens of microseconds per entry with ansible-core 2.19 on a
     2-core machine, far more than the kernel read. O(entries_as=dict) returns one C({key: value}) dict
-    instead of one dict per entry (a third to a half of that cost); O(dest) writes the entries to a file on
+    instead of one dict per entry (about a third of that cost); O(dest) writes the entries to a file on
     the managed host and returns none (like C(bpftool -j map dump > FILE)), which
     M(hypermesh.ebpf.ebpf_map) can read back with its O(hypermesh.ebpf.ebpf_map#module:src) option."
   - Reads only, except that O(dest) writes its file (reported as C(changed) when the file's content changed;
