@@ -54,7 +54,7 @@ while [ $i -lt 200 ]; do
   i=$((i + 1)); sleep 0.05
 done
 if [ -z "$dev" ]; then
-  echo "hypermesh-guest-init: no network device" > /dev/kmsg
+  echo "hypermesh-guest-init: no network device"
   exit 0
 fi
 ip -force -batch - <<EOS2
@@ -64,11 +64,12 @@ addr replace 10.0.2.15/24 dev $dev
 route replace default via 10.0.2.2
 EOS2
 echo "nameserver 10.0.2.3" > /etc/resolv.conf
-echo "hypermesh-guest-init: $dev 10.0.2.15/24, ssh key ${key%%:*}" > /dev/kmsg
+echo "hypermesh-guest-init: $dev 10.0.2.15/24, ssh key ${key%%:*}"
 """
 
 # Needs nothing but the root file system (mounted rw by the kernel): it starts with the first units of the
-# boot, and the SSH socket listens only once the key and the address are there.
+# boot, and the SSH socket listens only once the key and the address are there. Its last line goes to the
+# serial console too: the harness starts probing SSH when it sees it (qemu.GUEST_READY).
 GUEST_INIT_UNIT = """[Unit]
 Description=hypermesh harness: network and ssh key from the kernel command line
 DefaultDependencies=no
@@ -78,6 +79,7 @@ Before=ssh.socket ssh.service network-pre.target network.target
 Type=oneshot
 ExecStart=/usr/local/sbin/hypermesh-guest-init
 RemainAfterExit=yes
+StandardOutput=journal+console
 
 [Install]
 WantedBy=sysinit.target

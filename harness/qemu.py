@@ -21,6 +21,14 @@ BASE_CMDLINE = "console=ttyS0 rw net.ifnames=0 panic=-1"
 ROOT = {"nvme": "root=/dev/nvme0n1 rootfstype=ext4 rootwait", "virtio": "root=/dev/vda"}
 
 
+# What the guest's boot unit (images.GUEST_INIT) prints on the console once its address and SSH key are set.
+# SSH is probed only from then on (or after READY_WAIT seconds, for a root file system without that unit):
+# a connection qemu forwards before the guest has its address is answered by no one, and qemu's user-mode
+# stack then retries it only after seconds of back-off.
+GUEST_READY = b"hypermesh-guest-init: "
+READY_WAIT = 60
+
+
 class GuestError(Exception):
     def __init__(self, message, console=""):
         Exception.__init__(self, message)
@@ -184,13 +192,26 @@ class Guest(object):
             time.sleep(0.2)
         return True
 
+    def console_shows(self, marker):
+        try:
+            with open(self.console, "rb") as f:
+                return marker in f.read()
+        except OSError:
+            return False
+
     def wait_ssh(self, port, key, timeout=240):
         """Seconds until `ssh true` works; GuestError with the console when qemu dies or time runs out."""
         started = time.time()
+        ready = False
         while time.time() - started < timeout:
             pid = read_pid(self.pidfile)
             if pid is None or not pid_is_guest(pid, self.name):
                 raise GuestError("guest %s: qemu exited during boot" % self.name, tail(self.console))
+            if not ready:
+                ready = self.console_shows(GUEST_READY) or time.time() - started > READY_WAIT
+                if not ready:
+                    time.sleep(0.2)
+                    continue
             try:
                 res = subprocess.run(ssh_argv(port, key, "true"), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=60)
