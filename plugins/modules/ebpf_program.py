@@ -184,6 +184,8 @@ def main():
         if tail:
             extra["verifier_log"] = tail
         module.fail_json(msg=str(e), **extra)
+    if not module._diff:
+        result.pop("diff", None)  # shown only with --diff: not worth carrying back otherwise
     module.exit_json(**result)
 
 
