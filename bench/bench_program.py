@@ -92,7 +92,8 @@ def run():
                 json.dump(playbook(pair, pin_root, bpftool_dir), f)  # JSON is YAML
             env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(TOP, "ansible.cfg"),
                        ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_CALLBACKS_ENABLED="junit",
-                       JUNIT_OUTPUT_DIR=os.path.join(work, "junit"), JUNIT_TASK_CLASS="yes", JUNIT_HIDE_TASK_ARGUMENTS="yes",
+                       JUNIT_OUTPUT_DIR=os.path.join(work, "junit"), JUNIT_TASK_CLASS="yes",
+                       JUNIT_HIDE_TASK_ARGUMENTS="yes",
                        ANSIBLE_STDOUT_CALLBACK="minimal", LANG="C")
             proc = subprocess.run([PLAYBOOK_BIN, "-i", "localhost,", pb], capture_output=True, text=True,
                                   env=env, cwd=TOP)

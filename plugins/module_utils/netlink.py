@@ -44,7 +44,6 @@ import sys
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall
 
 
-
 def _import_pyroute2_netlink():
     """Import pyroute2.netlink without running pyroute2/__init__.py (see the module doc); a stand-in package
     module runs it on first attribute access. Does nothing special when pyroute2 is already imported."""

@@ -8,11 +8,12 @@ writes bytecode for code it imports from a zip: every run compiles them again. F
 
 use_host_copy() copies the zip's module_utils once into /var/cache/hypermesh-ebpf/module_utils/<digest>/ (the
 digest of the files' names, sizes and CRC-32s: a changed collection gets a directory of its own, and copies
-made more than a day before for other digests are removed), compiles them there (__pycache__, per Python version, written even under PYTHONDONTWRITEBYTECODE:
-the directory is ours, not a source tree) and puts that directory first in the package's search path, so later
-runs load the bytecode as for any installed library. A module missing there is still found in the zip.
-The directory is root's and writable by no one else (it holds code run as root); when it is not so, cannot be
-made, or anything else goes wrong, the imports simply stay in the zip.
+made more than a day before for other digests are removed), compiles them there (__pycache__, per Python
+version, written even under PYTHONDONTWRITEBYTECODE: the directory is ours, not a source tree) and puts that
+directory first in the package's search path, so later runs load the bytecode as for any installed library.
+A module missing there is still found in the zip. The directory is root's and writable by no one else (it
+holds code run as root); when it is not so, cannot be made, or anything else goes wrong, the imports simply
+stay in the zip.
 Outside AnsiballZ (tests, the boot-time re-apply: ordinary files with their own bytecode cache) it does
 nothing. Importable without ansible.
 """
