@@ -251,10 +251,17 @@ def root_disk(rootdir, release):
     return "virtio"
 
 
+def build_in_progress(path):
+    """True for the work directory of a build whose process still runs (<image>.building.<pid>)."""
+    head, sep, pid = os.path.basename(path).rpartition(".building.")
+    return bool(sep) and pid.isdigit() and os.path.exists("/proc/" + pid)
+
+
 def prune(suite, keep, log=print):
-    """Remove images of suite built from other inputs (older recipes) and leftovers of killed builds."""
+    """Remove images of suite built from other inputs (older recipes) and leftovers of killed builds; never
+    the work directory of a build still running (two builds at once, e.g. a matrix run and `harness build`)."""
     for old in glob.glob(os.path.join(os.path.dirname(keep), suite + "-*")):
-        if old != keep and os.path.basename(old).split("-", 1)[0] == suite:
+        if old != keep and os.path.basename(old).split("-", 1)[0] == suite and not build_in_progress(old):
             shutil.rmtree(old, ignore_errors=True)
             log("image %s: removed stale %s" % (suite, os.path.basename(old)))
 

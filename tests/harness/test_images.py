@@ -108,3 +108,13 @@ def test_build_records_the_root_disk(tmp_path, monkeypatch):
     m = images.build("bookworm", str(tmp_path), log=lambda m: None)
     assert m["root_disk"] == "nvme" and m["release"] == "6.1.0-9-cloud-amd64" and not m["cached"]
     assert images.load_manifest(m["path"])["root_disk"] == "nvme"
+
+
+def test_prune_leaves_a_running_build_alone(tmp_path):
+    keep = images.image_dir("sid", str(tmp_path))
+    running = keep + ".building.%d" % os.getpid()  # this process: alive
+    dead = keep + ".building.%d" % (2 ** 22 + 7)  # above pid_max: no such process
+    for d in (keep, running, dead):
+        os.makedirs(d)
+    images.prune("sid", keep, log=lambda m: None)
+    assert sorted(os.listdir(str(tmp_path / "images"))) == sorted(os.path.basename(d) for d in (keep, running))
