@@ -13,6 +13,7 @@ two network namespaces made here; pings run inside those namespaces only. In ord
   (its program counts packets on an interface where nothing sends any) is rolled back and the rollout stops
   before the next batch -> boot-time re-apply from desired.json (skipped until the module code it calls exists).
 """
+import hashlib
 import json
 import os
 import subprocess
@@ -363,7 +364,6 @@ def test_rollout_check_mode_first_changes_nothing_in_the_kernel(fleet):
 
 def module_utils_digest():
     """Other work may change plugins/module_utils while a test runs; the role then installs them again."""
-    import hashlib
     h = hashlib.sha256()
     d = os.path.join(TOP, "plugins", "module_utils")
     for name in sorted(os.listdir(d)):
@@ -405,6 +405,19 @@ def test_rollout_applies_then_changes_nothing(fleet):
     rc, doc = fleet.rollout([counter(), OPENAT], check=True, limit="h1")
     assert rc == 0, failure_messages(doc)
     assert doc["stats"]["h1"]["changed"] == 0
+
+    # a damaged object on the host (same name, other content) is copied again, and nothing else changes
+    obj = json.loads(desired["h1"])["programs"][0]["program"]["object"]
+    with open(obj, "ab") as f:
+        f.write(b"damage")
+    rc, doc = fleet.rollout([counter(), OPENAT], limit="h1")
+    assert rc == 0, failure_messages(doc)
+    changed = [t["task"]["name"] for p in doc["plays"] for t in p["tasks"] if t["hosts"].get("h1", {}).get("changed")]
+    assert [n for n in changed if "Install the collection's module_utils" not in n] == [
+        "hypermesh.ebpf.ebpf_programs : Copy the objects (content addressed, so a rollback finds the previous ones)"
+    ], changed
+    assert hashlib.sha256(open(obj, "rb").read()).hexdigest() == os.path.basename(obj).split(".")[0]
+    assert fleet.xdp_prog("h1") == ids["h1"]
 
 
 def test_gate_refuses_a_host_without_the_feature_and_changes_nothing(fleet):
