@@ -7,7 +7,7 @@
 - noop_reapply: ebpf_program re-applied with nothing to do against `ping` (the cheapest module there is).
   Target: at most 1.2x.
 Per-task durations come from ansible-core's junit callback (task start to result, as Ansible sees it). The
-playbook interleaves the two sides REPEAT times (HM_BENCH_REPEAT, default 24; cleanup tasks untimed) and each
+playbook interleaves the two sides REPEAT times (BENCH_REPEAT, default 24; cleanup tasks untimed) and each
 side keeps its minimum: the machine is shared, and the minimum is the least disturbed measurement of both alike
 (min, median and max of each side go to stderr).
 Fair by construction: one task per side and measurement, the same play, connection (local), interpreter and
@@ -36,7 +36,7 @@ if not os.path.exists(PYTHON):
     PYTHON = sys.executable
 PLAYBOOK_BIN = os.path.join(os.path.dirname(PYTHON), "ansible-playbook")
 OBJECT = os.path.join(TOP, "examples", "objects", "xdp_counter.bpf.o")
-REPEAT = int(os.environ.get("HM_BENCH_REPEAT", "24"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "24"))
 
 
 def _task(name, module, args):
