@@ -1,2 +1,11 @@
 """Fixtures shared by the integration tests (exported from their helper modules)."""
-from tests.integration.netns import veth_pair  # noqa: F401
+import pytest
+
+from tests.integration.netns import make_veth_pair, veth_pair  # noqa: F401 (veth_pair: fixture)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """One veth pair across two network namespaces for a whole test file (needs root)."""
+    with make_veth_pair() as p:
+        yield p

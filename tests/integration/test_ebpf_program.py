@@ -7,15 +7,13 @@ Unsupported attach types (kprobe here: CONFIG_KPROBES off; fentry/lsm where the 
 with the requirements message and nothing changes. Traffic stays inside namespaces this test creates.
 """
 import os
-import shutil
 import subprocess
 import tempfile
 
 import pytest
 
 from tests.conftest import needs_root
-from tests.integration.netns import make_veth_pair
-from test_ebpf_program_common import (forget, PREFIX, counter, kernel_ids, kname, leaked, mounts, obj, ping,
+from test_ebpf_program_common import (pin_root_fixture, PREFIX, counter, kernel_ids, kname, leaked, obj, ping,
                                       private_object, run, run_with_diff_text)
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
@@ -25,18 +23,7 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils import probes
 pytestmark = needs_root
 
 
-@pytest.fixture(scope="module")
-def pin_root():
-    mounts()
-    root = "/sys/fs/bpf/hm-prog-test-%d" % os.getpid()
-    yield root
-    forget(root)
-
-
-@pytest.fixture(scope="module")
-def pair():
-    with make_veth_pair() as p:
-        yield p
+pin_root = pin_root_fixture("hm-prog-test")
 
 
 @pytest.fixture(scope="module")

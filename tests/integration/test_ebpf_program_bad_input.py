@@ -6,15 +6,13 @@ our objects; see test_ebpf_program_common.leaked).
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import COLLECTIONS, TOP, needs_root
-from tests.integration.netns import make_veth_pair
-from test_ebpf_program_common import forget, kernel_ids, kname, leaked, mounts, obj, private_object, run
+from test_ebpf_program_common import pin_root_fixture, kernel_ids, kname, leaked, obj, private_object, run
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
@@ -23,18 +21,7 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_stat
 pytestmark = needs_root
 
 
-@pytest.fixture(scope="module")
-def pin_root():
-    mounts()
-    root = "/sys/fs/bpf/hm-prog-bad-%d" % os.getpid()
-    yield root
-    forget(root)
-
-
-@pytest.fixture(scope="module")
-def pair():
-    with make_veth_pair() as p:
-        yield p
+pin_root = pin_root_fixture("hm-prog-bad")
 
 
 @pytest.fixture(scope="module")

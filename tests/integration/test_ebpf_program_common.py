@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import COLLECTIONS, TOP, ansible_module
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
@@ -183,3 +185,15 @@ def forget(pin_root):
         if rec and rec.get("pin_root") == pin_root:
             run({"name": rec["name"], "state": "absent", "pin_root": pin_root})
     shutil.rmtree(pin_root, ignore_errors=True)
+
+
+def pin_root_fixture(tag):
+    """A module-scoped `pin_root` fixture for a test file: /sys/fs/bpf/<tag>-<pid> (bpffs and tracefs mounted
+    first); afterwards whatever the tests left under it is removed through the module (`forget`)."""
+    @pytest.fixture(scope="module")
+    def pin_root():
+        mounts()
+        root = "/sys/fs/bpf/%s-%d" % (tag, os.getpid())
+        yield root
+        forget(root)
+    return pin_root

@@ -11,8 +11,7 @@ import shutil
 import pytest
 
 from tests.conftest import needs_root
-from tests.integration.netns import make_veth_pair
-from test_ebpf_program_common import forget, PREFIX, counter, kernel_ids, kname, leaked, mounts, ping, private_object, run
+from test_ebpf_program_common import pin_root_fixture, PREFIX, counter, kernel_ids, kname, leaked, ping, private_object, run
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
@@ -28,18 +27,7 @@ KINDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def pin_root():
-    mounts()
-    root = "/sys/fs/bpf/hm-prog-kill-%d" % os.getpid()
-    yield root
-    forget(root)
-
-
-@pytest.fixture(scope="module")
-def pair():
-    with make_veth_pair() as p:
-        yield p
+pin_root = pin_root_fixture("hm-prog-kill")
 
 
 def _objects(kind, tmpdir):

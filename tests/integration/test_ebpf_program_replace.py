@@ -14,8 +14,7 @@ import subprocess
 import pytest
 
 from tests.conftest import needs_root
-from tests.integration.netns import make_veth_pair
-from test_ebpf_program_common import forget, counter, kernel_ids, leaked, mounts, obj, ping, run
+from test_ebpf_program_common import pin_root_fixture, counter, kernel_ids, leaked, obj, ping, run
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
@@ -23,18 +22,7 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
 pytestmark = needs_root
 
 
-@pytest.fixture(scope="module")
-def pin_root():
-    mounts()
-    root = "/sys/fs/bpf/hm-prog-repl-%d" % os.getpid()
-    yield root
-    forget(root)
-
-
-@pytest.fixture(scope="module")
-def pair():
-    with make_veth_pair() as p:
-        yield p
+pin_root = pin_root_fixture("hm-prog-repl")
 
 
 @pytest.fixture
