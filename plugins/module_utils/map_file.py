@@ -20,7 +20,8 @@ __metaclass__ = type
 
 import json
 import os
-import tempfile
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import atomic_file
 
 try:
     from json.encoder import encode_basestring_ascii as _quote  # the C function json.dumps uses for str
@@ -123,14 +124,5 @@ def write_if_changed(path, text, check_mode=False):
         pass
     if check_mode:
         return True
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_file.write(path, data, mode)
     return True

@@ -14,6 +14,8 @@ Importable without ansible.
 import json
 import os
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import atomic_file
+
 MEMO_PATH = os.environ.get("HYPERMESH_EBPF_FEATURES_MEMO", "/run/hypermesh-ebpf/features.json")
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -38,20 +40,14 @@ def _read(path, boot):
 
 
 def _write(path, boot, supported):
-    """Best effort (a memo that cannot be written only costs the probes next time): temp file + rename."""
-    tmp = "%s.%d" % (path, os.getpid())
+    """Best effort (a memo that cannot be written only costs the probes next time)."""
     try:
         d = os.path.dirname(path)
         if not os.path.isdir(d):
             os.makedirs(d, 0o700)
-        with open(tmp, "w") as f:
-            json.dump({"boot_id": boot, "supported": sorted(supported)}, f)
-        os.rename(tmp, path)
+        atomic_file.write(path, json.dumps({"boot_id": boot, "supported": sorted(supported)}).encode("utf-8"))
     except (IOError, OSError):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        pass
 
 
 def require(features, memo_path=None):

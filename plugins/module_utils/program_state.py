@@ -12,8 +12,8 @@ Importable without ansible.
 import errno
 import json
 import os
-import tempfile
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import atomic_file
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
 
 STATE_DIR = os.environ.get("HYPERMESH_EBPF_STATE_DIR", "/var/lib/hypermesh-ebpf")
@@ -50,17 +50,7 @@ def write_record(name, record, state_dir=None):
     d = os.path.dirname(path)
     if not os.path.isdir(d):
         os.makedirs(d, 0o755)
-    fd, tmp = tempfile.mkstemp(prefix="." + name + ".", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_file.write(path, (json.dumps(record, indent=1, sort_keys=True)).encode("utf-8"))
 
 
 def _pin_info(path, kind):
