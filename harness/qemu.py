@@ -5,6 +5,10 @@ free port on 127.0.0.1 only. The kernel (and its initrd where it needs one) is g
 (-kernel/-initrd), the root file system is a qcow2 overlay over the cached image on an NVMe disk (Debian's
 cloud kernels have that driver built in: no initramfs) or a virtio disk. The serial console goes to a file,
 shown when the guest fails.
+
+A guest that reboots is reset by qemu and boots the same kernel and command line again in the same process
+(the SSH port forward stays). A kernel panic reboots it at once (panic=-1, so a panicked guest never hangs an
+SSH session); the boot wait reads the console and gives up on the first panic it shows.
 """
 import errno
 import json
@@ -27,6 +31,10 @@ ROOT = {"nvme": "root=/dev/nvme0n1 rootfstype=ext4 rootwait", "virtio": "root=/d
 # stack then retries it only after seconds of back-off.
 GUEST_READY = b"hypermesh-guest-init: "
 READY_WAIT = 60
+
+# What a panicking kernel prints first, and how each boot's kernel log starts (where a panic's report ends).
+PANIC = b"Kernel panic - not syncing"
+BOOT_START = b"Linux version "
 
 
 class GuestError(Exception):
@@ -84,7 +92,7 @@ def qemu_argv(name, kernel, initrd, disk, port, cmdline, console, pidfile, kvm, 
               disk_type="virtio"):
     argv = ["qemu-system-x86_64", "-name", "hypermesh-" + name, "-machine", "q35"]
     argv += accel_args(kvm)
-    argv += ["-smp", str(cpus), "-m", str(memory), "-nodefaults", "-display", "none", "-no-reboot",
+    argv += ["-smp", str(cpus), "-m", str(memory), "-nodefaults", "-display", "none",
              "-serial", "file:" + console, "-kernel", kernel]
     if initrd:
         argv += ["-initrd", initrd]
@@ -113,6 +121,18 @@ def tail(path, lines=60):
             return "".join(f.readlines()[-lines:])
     except OSError:
         return "(no console log at %s)" % path
+
+
+def find_panic(console, lines=60):
+    """(the panic line, the console's last `lines` lines up to the end of that panic's report), or None."""
+    at = console.find(PANIC)
+    if at < 0:
+        return None
+    line = console[at:].split(b"\n", 1)[0].decode(errors="replace").strip()
+    end = console.find(BOOT_START, at)  # the boot that panic=-1 started: cut at the start of its line
+    end = console.rfind(b"\n", at, end) + 1 if end >= 0 else len(console)
+    text = console[:end].decode(errors="replace")
+    return line, "".join(text.splitlines(True)[-lines:])
 
 
 def read_pid(pidfile):
@@ -192,23 +212,38 @@ class Guest(object):
             time.sleep(0.2)
         return True
 
-    def console_shows(self, marker):
+    def read_console(self):
         try:
             with open(self.console, "rb") as f:
-                return marker in f.read()
+                return f.read()
         except OSError:
-            return False
+            return b""
+
+    def console_shows(self, marker):
+        return marker in self.read_console()
+
+    def check_booting(self):
+        """The console so far; GuestError with the console when qemu is gone or the kernel panicked (the guest
+        is stopped then: panic=-1 would boot it into the same panic again and again)."""
+        pid = read_pid(self.pidfile)
+        if pid is None or not pid_is_guest(pid, self.name):
+            raise GuestError("guest %s: qemu exited during boot" % self.name, tail(self.console))
+        console = self.read_console()
+        panic = find_panic(console)
+        if panic:
+            self.stop()
+            raise GuestError("guest %s: kernel panic during boot: %s" % (self.name, panic[0]), panic[1])
+        return console
 
     def wait_ssh(self, port, key, timeout=240):
-        """Seconds until `ssh true` works; GuestError with the console when qemu dies or time runs out."""
+        """Seconds until `ssh true` works; GuestError with the console when qemu dies, the kernel panics or
+        time runs out."""
         started = time.time()
         ready = False
         while time.time() - started < timeout:
-            pid = read_pid(self.pidfile)
-            if pid is None or not pid_is_guest(pid, self.name):
-                raise GuestError("guest %s: qemu exited during boot" % self.name, tail(self.console))
+            console = self.check_booting()
             if not ready:
-                ready = self.console_shows(GUEST_READY) or time.time() - started > READY_WAIT
+                ready = GUEST_READY in console or time.time() - started > READY_WAIT
                 if not ready:
                     time.sleep(0.2)
                     continue

@@ -1,8 +1,10 @@
-"""qemu command lines, kernel command lines, ports and the guard that never signals a foreign pid."""
+"""qemu command lines, kernel command lines, ports, the guard that never signals a foreign pid, and the panic check."""
 import json
 import os
 import socket
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -32,6 +34,8 @@ def test_qemu_argv(kvm, accel):
     assert argv[argv.index("-initrd") + 1] == "/i/initrd.img"
     assert "hypermesh-sid" in argv and "-daemonize" in argv
     assert "file:/s/console.log" in argv
+    assert "-no-reboot" not in argv  # a guest's reboot resets the machine in the same qemu
+    assert "panic=-1" in qemu.kernel_cmdline(KEY)  # a panic reboots at once: it never hangs an SSH session
 
 
 def test_no_initrd_for_a_kernel_without_one():
@@ -140,3 +144,44 @@ def test_ssh_is_probed_once_the_guest_init_line_is_on_the_console(tmp_path):
     from harness import images
     assert qemu.GUEST_READY.decode().strip() in images.GUEST_INIT
     assert "StandardOutput=journal+console" in images.GUEST_INIT_UNIT
+
+
+PANIC_CONSOLE = (b"[    0.000000] Linux version 6.1.0-50-cloud-amd64\n"
+                 b"[    1.2] hypermesh-guest-init: eth0 10.0.2.15/24\n"
+                 b"[    1.9] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)\n"
+                 b"[    1.9] Call Trace:\n"
+                 b"[    1.9]  panic+0x118/0x2ea\n"
+                 b"[    0.000000] Linux version 6.1.0-50-cloud-amd64\n"  # the boot panic=-1 started
+                 b"[    0.000000] Command line: console=ttyS0\n")
+
+
+def test_find_panic_cuts_the_console_at_the_next_boot():
+    assert qemu.find_panic(b"[ 1.0] Linux version 6.1\n[ 2.0] Run /sbin/init as init process\n") is None
+    line, report = qemu.find_panic(PANIC_CONSOLE)
+    assert line == "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)"
+    assert report.endswith("panic+0x118/0x2ea\n") and "Command line" not in report
+    assert qemu.find_panic(PANIC_CONSOLE, lines=2)[1].startswith("[    1.9] Call Trace:")
+
+
+def test_a_panic_on_the_console_fails_the_boot_wait_at_once_and_stops_the_guest(tmp_path, monkeypatch):
+    g = qemu.Guest("panicky", str(tmp_path))
+    os.makedirs(g.dir)
+    with open(g.console, "wb") as f:
+        f.write(PANIC_CONSOLE)
+    # a stand-in for the guest's qemu: its command line names the guest, as pid_is_guest() checks
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "hypermesh-panicky"])
+    try:
+        with open(g.pidfile, "w") as f:
+            f.write(str(fake.pid))
+        monkeypatch.setattr(qemu.subprocess, "run", pytest.fail)  # no SSH probe once the console shows a panic
+        started = time.time()
+        with pytest.raises(qemu.GuestError, match="guest panicky: kernel panic during boot: Kernel panic - not "
+                                                  "syncing: VFS: Unable to mount root fs") as err:
+            g.wait_ssh(2222, "/nonexistent/key", timeout=120)
+        assert time.time() - started < 5
+        assert "Call Trace:" in err.value.console and "Command line" not in err.value.console
+        assert fake.wait(timeout=5) == -15  # stopped with SIGTERM
+        assert not os.path.exists(g.pidfile)
+    finally:
+        fake.kill()
+        fake.wait()
