@@ -5,19 +5,29 @@
 - write: 10,000 new entries into an empty HASH map, against `bpftool batch file F` holding one
   `map update pinned P key hex .. value hex ..` line per entry (the file is written before the clock starts).
 
-The operator's path, both sides through Ansible (the rows with target 1.0 that issue 4 asks about): each run is a
-fresh `ansible-playbook` of one task whose result is registered, so that the fixed cost of Ansible (about a
-second here) and its handling of the result are paid by both sides alike:
-  map_read_*_task_dict      ebpf_map_info entries_as=dict  vs  command: bpftool -j map dump pinned P
+The operator's path, both sides through Ansible, in two settings.
+
+Tasks of one playbook (the rows with target 1.0 that issue 4 asks about; the setting of bench_program.py): one
+`ansible-playbook` run whose tasks take turns, TASK_REPEAT rounds (env BENCH_TASK_REPEAT, default 8), each side
+keeping its best per-task time from ansible-core's junit callback (play_timer.py). ansible-core builds each
+module's payload once per run, so this is what every map task of an operator's play costs:
   map_read_*_task_dest      ebpf_map_info dest=F           vs  shell: bpftool -j map dump pinned P > F
+                            (the same outcome on both sides: the map's contents as JSON in a file on the host)
   map_write_*_task_src      ebpf_map src=F (a JSON list),  vs  command: bpftool batch file F
                             report_keys=false (counts back, as bpftool's "processed N commands")
-(both sides' files are on the managed host before the clock starts, as a batch file must be). Rows with
-target None show what else costs, against the same baselines:
-  map_read_*_task_list      ebpf_map_info's default result, one dict per entry: the controller's per-dict cost
-  map_write_*_task_src_keys the same with the 10,000 added keys listed in the result (the default)
-  map_write_*_task_vars     ebpf_map with 10,000 entries sent from the controller (`-e @file`): the templating
-                            and argument checking of 10,000 dicts
+  map_read_*_task_dict_vs_from_json
+                            ebpf_map_info entries_as=dict  vs  command: bpftool -j map dump, then set_fact of
+                            `r.stdout | from_json` (the same outcome: the contents as data in a variable; the
+                            baseline is the sum of the two tasks' best times, FROM_JSON_REPEAT rounds, default 2)
+  map_read_*_task_dict      (None) ebpf_map_info entries_as=dict vs command: bpftool -j map dump, the text left
+                            unparsed: what the controller pays to carry 65,536 keys and values as data (it walks
+                            every element of a task result several times) against one string
+A fresh playbook of one task per measurement (None: what a one-task `ansible-playbook` costs; ansible-core
+then also builds our module's payload, parsing ~90 KB of our module_utils source, 45-60 ms more than for the
+built-in `command`, once per module and run):
+  map_read_*_playbook_dict / _dest / _list, map_write_*_playbook_src / _src_keys / _vars
+  (list: ebpf_map_info's default result, one dict per entry; src_keys: the 10,000 added keys listed in the
+  result, the default; vars: 10,000 entries sent from the controller with `-e @file`)
 Without Ansible, against bpftool run directly (every one a fresh process timed from start to exit):
   *_module_utils            python importing module_utils (pinned_map, map_codec) and doing the same work (None:
                             a fresh interpreter's start and imports, ~60 ms, are most of bpftool's whole run)
@@ -25,8 +35,8 @@ Without Ansible, against bpftool run directly (every one a fresh process timed f
   *_in_process              the module_utils work inside this process, no interpreter start (None)
 `ansible_noop` is the floor: a playbook of one `ping` task, the cost of any run. Each untimed first run checks
 that every side did the work (count of entries read, entries in the map after a write).
-Times are the best (minimum) of REPEAT runs (env BENCH_REPEAT, default 5), the sides taking turns within each
-repetition: the machine is shared, and the minimum of interleaved runs is the least disturbed measurement of
+Fresh-process times are the best (minimum) of REPEAT runs (env BENCH_REPEAT, default 5), the sides taking turns
+within each repetition: the machine is shared, and the minimum of interleaved runs is the least disturbed measurement of
 every side alike. Each pair also gets `cpu_ratio`, from the best CPU time (user + system, children included)
 of the same runs: less disturbed by the other jobs than wall time, which is what `ratio` and the targets use.
 `run()` returns [{name, ours_s, baseline_s, ratio, target, cpu_ratio}].
@@ -47,6 +57,9 @@ if COLLECTIONS not in sys.path:
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from play_timer import run_tasks, timed, untimed  # noqa: E402
+
 PYTHON = os.path.join(TOP, ".venv", "bin", "python")
 if not os.path.exists(PYTHON):
     PYTHON = sys.executable
@@ -55,6 +68,8 @@ MODULES = os.path.join(TOP, "plugins", "modules")
 READ_N = 65536
 WRITE_N = 10000
 REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
+TASK_REPEAT = int(os.environ.get("BENCH_TASK_REPEAT", "8"))
+FROM_JSON_REPEAT = int(os.environ.get("BENCH_FROM_JSON_REPEAT", "2"))
 
 UTILS_READ = """
 import json, sys
@@ -222,9 +237,9 @@ def bench_read(work, pin):
         ("module_utils", [PYTHON, "-c", UTILS_READ % {"collections": COLLECTIONS, "path": path}], b'"key"'),
     ], setup=no_dumps)
     name = "map_read_%d_" % READ_N
-    rows = [_pair(best, "dict", "bpftool_task", name + "task_dict"),
-            _pair(best, "dest", "bpftool_dest", name + "task_dest"),
-            _pair(best, "list", "bpftool_task", name + "task_list", target=None),
+    rows = [_pair(best, "dict", "bpftool_task", name + "playbook_dict", target=None),
+            _pair(best, "dest", "bpftool_dest", name + "playbook_dest", target=None),
+            _pair(best, "list", "bpftool_task", name + "playbook_list", target=None),
             _pair(best, "module_utils", "bpftool", name + "module_utils", target=None),
             _pair(best, "module", "bpftool", name + "module", target=None)]
     no_dumps()
@@ -232,9 +247,68 @@ def bench_read(work, pin):
     return rows
 
 
-def bench_write(work, pin):
-    path = os.path.join(pin, "write")
-    batch = os.path.join(work, "batch.txt")
+def bench_tasks(work, pin):
+    """The target rows: map tasks in one playbook, both sides taking turns (see the module doc)."""
+    read, write = os.path.join(pin, "tasks_read"), os.path.join(pin, "tasks_write")
+    _new_hash(read, READ_N)
+    batch, src, _ = _write_inputs(work, write)
+    ours_dest, theirs_dest = os.path.join(work, "tasks_ours.json"), os.path.join(work, "tasks_bpftool.json")
+    fmt = {"key_format": "ipv4", "value_format": "int"}
+    dump = "bpftool -j map dump pinned " + read
+    fresh = untimed("empty map", "ansible.builtin.command", {"argv": [PYTHON, __file__, "--new-hash", write]})
+    n = str(READ_N)
+
+    def check(that):
+        return untimed("check", "ansible.builtin.assert", {"that": that, "quiet": True})
+
+    def no_dumps():
+        return untimed("no dumps", "ansible.builtin.file", {"path": "{{ item }}", "state": "absent"},
+                       loop=[ours_dest, theirs_dest])
+
+    tasks = []
+    for i in range(TASK_REPEAT + 1):    # round 0 is the warmup, with the checks
+        first = i == 0
+        side = (lambda name: "warmup_" + name) if first else (lambda name: name)
+        tasks += [no_dumps(),
+                  timed(side("dest"), i, "hypermesh.ebpf.ebpf_map_info", dict(fmt, path=read, dest=ours_dest),
+                        register="r"),
+                  timed(side("bpftool_dest"), i, "ansible.builtin.shell", dump + " > " + theirs_dest)]
+        if first:
+            tasks.append(check(["r.count == " + n] + ["(lookup('file', '%s') | from_json) | length == %s" % (f, n)
+                                                      for f in (ours_dest, theirs_dest)]))
+        tasks += [timed(side("dict"), i, "hypermesh.ebpf.ebpf_map_info", dict(fmt, path=read, entries_as="dict"),
+                        register="r"),
+                  timed(side("bpftool"), i, "ansible.builtin.command", dump, register="b"),
+                  fresh,
+                  timed(side("src"), i, "hypermesh.ebpf.ebpf_map", dict(fmt, path=write, src=src,
+                                                                        report_keys=False), register="w"),
+                  fresh,
+                  timed(side("bpftool_batch"), i, "ansible.builtin.command", "bpftool batch file " + batch,
+                        register="x")]
+        if first:
+            tasks.append(check(["r.entries | length == " + n, "(b.stdout | from_json) | length == " + n,
+                                "w.counts.added == %d" % WRITE_N,
+                                "(x.stdout + x.stderr) is search('processed %d commands')" % WRITE_N]))
+    # last: the parsed dump stays in the host's facts, and a fact this size slows every later task
+    for i in range(FROM_JSON_REPEAT):
+        tasks += [untimed("dump", "ansible.builtin.command", dump, register="b"),
+                  timed("from_json", i, "ansible.builtin.set_fact", {"parsed": "{{ b.stdout | from_json }}"})]
+    tasks += [check(["parsed | length == " + n])]
+    best = dict((name, min(times)) for name, times in run_tasks(tasks, PYTHON).items())
+    for f in (read, write):
+        if os.path.exists(f):
+            os.unlink(f)
+    name = "map_read_%d_task_" % READ_N
+    return [_row(name + "dest", best["dest"], best["bpftool_dest"]),
+            _row("map_write_%d_task_src" % WRITE_N, best["src"], best["bpftool_batch"]),
+            _row(name + "dict_vs_from_json", best["dict"], best["bpftool"] + best["from_json"]),
+            _row(name + "dict", best["dict"], best["bpftool"], target=None)]
+
+
+def _write_inputs(work, path):
+    """The WRITE_N entries to write into map `path`, both ways: (bpftool batch file, our src file, entries)."""
+    tag = os.path.basename(path)
+    batch, src = os.path.join(work, tag + "_batch.txt"), os.path.join(work, tag + "_entries.json")
     entries = []
     with open(batch, "w") as f:
         for i in range(WRITE_N):
@@ -243,6 +317,14 @@ def bench_write(work, pin):
             f.write("map update pinned %s key hex %s value hex %s\n"
                     % (path, " ".join("%02x" % b for b in key), " ".join("%02x" % b for b in value)))
             entries.append({"key": "11.0.%d.%d" % (i >> 8, i & 255), "value": i})
+    with open(src, "w") as f:
+        json.dump(entries, f)
+    return batch, src, entries
+
+
+def bench_write(work, pin):
+    path = os.path.join(pin, "write")
+    batch, src, entries = _write_inputs(work, path)
 
     def fresh():
         _new_hash(path)
@@ -254,9 +336,6 @@ def bench_write(work, pin):
     plain = os.path.join(work, "write_plain.json")
     with open(plain, "w") as f:
         json.dump(args, f)
-    src = os.path.join(work, "entries.json")
-    with open(src, "w") as f:
-        json.dump(entries, f)
     varfile = os.path.join(work, "write_vars.json")
     with open(varfile, "w") as f:
         json.dump({"bench_entries": entries}, f)
@@ -282,9 +361,9 @@ def bench_write(work, pin):
          b'"written": %d' % WRITE_N),
     ], setup=fresh, after=written)
     name = "map_write_%d_" % WRITE_N
-    rows = [_pair(best, "src", "bpftool_batch", name + "task_src"),
-            _pair(best, "src_keys", "bpftool_batch", name + "task_src_keys", target=None),
-            _pair(best, "vars", "bpftool_batch", name + "task_vars", target=None),
+    rows = [_pair(best, "src", "bpftool_batch", name + "playbook_src", target=None),
+            _pair(best, "src_keys", "bpftool_batch", name + "playbook_src_keys", target=None),
+            _pair(best, "vars", "bpftool_batch", name + "playbook_vars", target=None),
             _pair(best, "module_utils", "bpftool", name + "module_utils", target=None),
             _pair(best, "module", "bpftool", name + "module", target=None)]
     os.unlink(path)
@@ -324,7 +403,7 @@ def run():
     pin = "/sys/fs/bpf/hm-bench-maps-%d" % os.getpid()
     os.makedirs(pin)
     try:
-        rows = bench_read(work, pin) + bench_write(work, pin)
+        rows = bench_tasks(work, pin) + bench_read(work, pin) + bench_write(work, pin)
         entries = [{"key": "11.0.%d.%d" % (i >> 8, i & 255), "value": i} for i in range(WRITE_N)]
         read_s, write_s = _in_process(os.path.join(pin, "inproc"), entries)
         by_name = dict((r["name"], r) for r in rows)
@@ -339,6 +418,9 @@ def run():
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--new-hash"]:     # an empty map at argv[2] (a setup task of bench_tasks)
+        _new_hash(sys.argv[2])
+        sys.exit(0)
     print(open("/proc/loadavg").read().strip())
     for row in run():
         print("%-40s ours %8.3fs  bpftool %7.3fs  ratio %6.2f  cpu ratio %5s  target %s"
