@@ -13,7 +13,7 @@ side keeps its minimum: the machine is shared, and the minimum is the least dist
 Fair by construction: one task per side and measurement, the same play, connection (local), interpreter and
 host; ours does more than the bpftool line (state record, host lock, gating, idempotence reads). The warmup
 tasks run each side once first: for ebpf_program that is also the run that compiles the collection's
-module_utils into /var/cache/hypermesh-ebpf/module_utils (program_pycache), once per host and collection
+module_utils into /var/cache/hypermesh-ebpf/pycache/ebpf_program (pycache.py), once per host and collection
 version, as bpftool's binary is already on disk; the timed tasks measure the steady state.
 `run()` returns [{name, ours_s, baseline_s, ratio, target}].
 """

@@ -103,6 +103,8 @@ extends_documentation_fragment:
 notes:
   - A map frozen with C(BPF_MAP_FREEZE) is read-only from user space; changing it is refused before anything
     is written (also in check mode).
+  - The module_utils it runs are copied once per host into C(/var/cache/hypermesh-ebpf/pycache/ebpf_map/) and
+    compiled there, so later runs do not compile them again.
 """
 
 EXAMPLES = r"""
@@ -191,11 +193,10 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_pycache
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import pycache
 
-# the module_utils below compiled once per host, not on every run (a directory of this module's own: the set of
-# module_utils differs from ebpf_program's, and each set replaces the others kept in one directory)
-program_pycache.use_host_copy(program_pycache.CACHE_ROOT + "-ebpf_map")
+# the module_utils below: compiled once per host, not on every run
+pycache.use_host_copy("ebpf_map")
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils.map_apply import (  # noqa: E402
     ARGUMENT_SPEC, ERRORS, MUTUALLY_EXCLUSIVE, apply_entries)

@@ -29,6 +29,9 @@ description:
     not in check mode).
 version_added: "0.1.0"
 author: hypermesh engineers
+notes:
+  - The module_utils it runs are copied once per host into C(/var/cache/hypermesh-ebpf/pycache/ebpf_map_info/)
+    and compiled there, so later runs do not compile them again.
 options:
   path:
     description: Path of the pinned map on bpffs.
@@ -146,11 +149,10 @@ read_method:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_pycache
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import pycache
 
-# the module_utils below compiled once per host, not on every run (a directory of this module's own, see
-# ebpf_map)
-program_pycache.use_host_copy(program_pycache.CACHE_ROOT + "-ebpf_map_info")
+# the module_utils below: compiled once per host, not on every run
+pycache.use_host_copy("ebpf_map_info")
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_codec  # noqa: E402
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_file  # noqa: E402

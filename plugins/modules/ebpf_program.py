@@ -21,7 +21,7 @@ description:
     refusal is probed again every run.
   - A re-apply with nothing to do reads the record, the pins and the attach point (one netlink query for
     XDP and tc) and does not load libbpf (the record keeps the object's program list by digest).
-  - The module_utils it runs are copied once per host into C(/var/cache/hypermesh-ebpf/module_utils/) and
+  - The module_utils it runs are copied once per host into C(/var/cache/hypermesh-ebpf/pycache/ebpf_program/) and
     compiled there, so later runs do not compile them again.
   - A failed run rolls back what it created; a run killed at any step leaves pins the next run adopts.
   - Runs under the host-wide lock C(/run/lock/hypermesh-ebpf.lock).
@@ -164,9 +164,9 @@ verifier_log:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_pycache
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import pycache
 
-program_pycache.use_host_copy()  # the module_utils below: compiled once per host, not on every run
+pycache.use_host_copy("ebpf_program")  # the module_utils below: compiled once per host, not on every run
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils.program_run import (  # noqa: E402
     ARGUMENT_SPEC, REQUIRED_IF, apply, errors)

@@ -420,7 +420,7 @@ def test_info_dest_four_run_check_and_round_trip(pin_root, tmp_path):
 
 
 def test_module_utils_compiled_once_per_host(pin_root):
-    """Through Ansible the modules import their module_utils from the AnsiballZ zip; program_pycache keeps a
+    """Through Ansible the modules import their module_utils from the AnsiballZ zip; pycache keeps a
     compiled copy per module on the host (a directory each: ebpf_map and ebpf_map_info ship other sets)."""
     import glob
     path = _hash(pin_root, "pycache")
@@ -428,5 +428,5 @@ def test_module_utils_compiled_once_per_host(pin_root):
                                "entries": [{"key": 1, "value": 2}]})["changed"]
     assert module("ebpf_map_info", {"path": path, "key_format": "int", "value_format": "int"})["count"] == 1
     for name, util in (("ebpf_map", "map_apply"), ("ebpf_map_info", "pinned_map")):
-        found = glob.glob("/var/cache/hypermesh-ebpf/module_utils-%s/*/__pycache__/%s.*.pyc" % (name, util))
+        found = glob.glob("/var/cache/hypermesh-ebpf/pycache/%s/*/__pycache__/%s.*.pyc" % (name, util))
         assert found, name  # (copies for other versions of the collection may be kept a while)

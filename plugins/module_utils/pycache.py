@@ -6,16 +6,19 @@ Ansible ships a module and the module_utils it imports as Python source in a zip
 writes bytecode for code it imports from a zip: every run compiles them again. For ebpf_program that is about
 130 KB of source and 40-50 ms of CPU per task, more than everything else a no-op re-apply does.
 
-use_host_copy() copies the zip's module_utils once into /var/cache/hypermesh-ebpf/module_utils/<digest>/ (the
-digest of the files' names, sizes and CRC-32s: a changed collection gets a directory of its own, and copies
-made more than a day before for other digests are removed), compiles them there (__pycache__, per Python
+Every module that imports more than a little calls use_host_copy("<its name>") before those imports. It copies
+the zip's module_utils once into /var/cache/hypermesh-ebpf/pycache/<module>/<digest>/ (a directory per module,
+as each ships its own set; the digest is of the files' names, sizes and CRC-32s: a changed collection gets a
+directory of its own, and the module's copies made more than a day before for other digests are removed),
+compiles them there (__pycache__, per Python
 version, written even under PYTHONDONTWRITEBYTECODE: the directory is ours, not a source tree) and puts that
 directory first in the package's search path, so later runs load the bytecode as for any installed library.
 A module missing there is still found in the zip. The directory is root's and writable by no one else (it
 holds code run as root); when it is not so, cannot be made, or anything else goes wrong, the imports simply
 stay in the zip.
 Outside AnsiballZ (tests, the boot-time re-apply: ordinary files with their own bytecode cache) it does
-nothing. Importable without ansible.
+nothing. It is a cache of code the module runs anyway, so it is kept in check mode too. Importable without
+ansible.
 """
 import hashlib
 import os
@@ -23,7 +26,7 @@ import shutil
 import sys
 import time
 
-CACHE_ROOT = "/var/cache/hypermesh-ebpf/module_utils"
+CACHE_ROOT = "/var/cache/hypermesh-ebpf/pycache"
 PRUNE_AFTER = 86400     # seconds
 PACKAGE = __name__.rpartition(".")[0]       # ansible_collections.hypermesh.ebpf.plugins.module_utils
 
@@ -94,9 +97,16 @@ def _compile(target):
             py_compile.compile(src, cfile=importlib.util.cache_from_source(src), doraise=True)
 
 
-def use_host_copy(root=CACHE_ROOT, package=PACKAGE):
-    """Import the rest of `package` from the host copy (see the module doc). Returns the directory used, or
-    None when the imports stay where they are."""
+def _own_dir(path):
+    """`path` as a directory of ours (made when missing); False when it is not ours or cannot be made."""
+    if not os.path.isdir(path):
+        os.makedirs(path, 0o700)
+    return _ours(path)
+
+
+def use_host_copy(module, root=CACHE_ROOT, package=PACKAGE):
+    """Import the rest of `package` from the host copy of module `module` (see the module doc). Returns the
+    directory used, or None when the imports stay where they are."""
     pkg = sys.modules.get(package)
     loader = getattr(getattr(pkg, "__spec__", None), "loader", None)
     archive = getattr(loader, "archive", None)
@@ -109,13 +119,12 @@ def use_host_copy(root=CACHE_ROOT, package=PACKAGE):
         digest = hashlib.sha256()   # of names, sizes and CRC-32s: read from the zip's directory, no inflating
         for name in sorted(members):
             digest.update(("%s %d %08x\n" % (name, members[name].file_size, members[name].CRC)).encode())
-        target = os.path.join(root, digest.hexdigest()[:32])
+        base = os.path.join(root, module)
+        target = os.path.join(base, digest.hexdigest()[:32])
         if not _ours(target):
-            if not os.path.isdir(root):
-                os.makedirs(root, 0o700)
-            if not _ours(root):
+            if not (_own_dir(root) and _own_dir(base)):
                 return None
-            _build(root, target, _zip_sources(archive, members))
+            _build(base, target, _zip_sources(archive, members))
         if not _ours(target):
             return None
         _compile(target)
