@@ -8,10 +8,11 @@ ebpf_programs through playbooks/rollout.yml, against three inventory hosts that 
 (connection local), each with its own pin root, state, config and lib directories and its own veth pair between
 two network namespaces made here; pings run inside those namespaces only. In order:
   check mode (changed, nothing in the kernel) -> rollout (changed) -> rollout again (nothing changed) ->
-  check mode again (nothing to change) -> a kprobe program refused by the gate on this kernel (no kprobes),
-  nothing changed -> prune drops a program removed from the list -> a canary whose health check cannot pass
-  (its program counts packets on an interface where nothing sends any) is rolled back and the rollout stops
-  before the next batch -> boot-time re-apply from desired.json (skipped until the module code it calls exists).
+  check mode again (nothing to change) -> module_utils installed again only when one is missing or damaged ->
+  a kprobe program refused by the gate on this kernel (no kprobes), nothing changed -> prune drops a program
+  removed from the list -> a canary whose health check cannot pass (its program counts packets on an interface
+  where nothing sends any) is rolled back and the rollout stops before the next batch -> boot-time re-apply from
+  desired.json (skipped until the module code it calls exists).
 """
 import hashlib
 import json
@@ -372,6 +373,25 @@ def module_utils_digest():
     return h.hexdigest()
 
 
+def py_digests(directory):
+    """name -> sha256 of the .py files in directory (what the role compares before installing module_utils)."""
+    out = {}
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".py"):
+            with open(os.path.join(directory, name), "rb") as f:
+                out[name] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def installed_module_utils(fleet, host):
+    return os.path.join(fleet.dirs(host)["lib"], "ansible_collections/hypermesh/ebpf/plugins/module_utils")
+
+
+def module_utils_in_sync(fleet, host):
+    """True when the host's installed module_utils are the controller's (nothing for the role to install)."""
+    return py_digests(installed_module_utils(fleet, host)) == py_digests(os.path.join(TOP, "plugins", "module_utils"))
+
+
 def test_rollout_applies_then_changes_nothing(fleet):
     rc, doc = fleet.rollout([counter(), OPENAT])
     assert rc == 0, failure_messages(doc)
@@ -392,19 +412,21 @@ def test_rollout_applies_then_changes_nothing(fleet):
     desired = dict((h, fleet.desired(h)) for h in HOSTS)
 
     digest = module_utils_digest()
+    in_sync = dict((h, module_utils_in_sync(fleet, h)) for h in HOSTS)
     rc, doc = fleet.rollout([counter(), OPENAT])
     assert rc == 0, failure_messages(doc)
     for h in HOSTS:
         changed = [t["task"]["name"] for p in doc["plays"] for t in p["tasks"] if t["hosts"].get(h, {}).get("changed")]
-        if module_utils_digest() != digest:
+        if module_utils_digest() != digest or not in_sync[h]:
             changed = [n for n in changed if "Install the collection's module_utils" not in n]
         assert changed == [], changed
         assert fleet.xdp_prog(h) == ids[h]
         assert fleet.desired(h) == desired[h]
 
+    in_sync = module_utils_in_sync(fleet, "h1")
     rc, doc = fleet.rollout([counter(), OPENAT], check=True, limit="h1")
     assert rc == 0, failure_messages(doc)
-    assert doc["stats"]["h1"]["changed"] == 0
+    assert doc["stats"]["h1"]["changed"] == 0 or not in_sync
 
     # a damaged object on the host (same name, other content) is copied again, and nothing else changes
     obj = json.loads(desired["h1"])["programs"][0]["program"]["object"]
@@ -418,6 +440,44 @@ def test_rollout_applies_then_changes_nothing(fleet):
     ], changed
     assert hashlib.sha256(open(obj, "rb").read()).hexdigest() == os.path.basename(obj).split(".")[0]
     assert fleet.xdp_prog("h1") == ids["h1"]
+
+
+def test_module_utils_are_installed_only_when_missing_or_damaged(fleet):
+    """The persist step lists module_utils on the controller and on the host (sha256): a rollout with nothing
+    new skips the tar and the unarchive; a truncated installed file is reported by check mode and put back."""
+    lib = installed_module_utils(fleet, "h1")
+    for _ in range(3):  # another engineer's edit of plugins/module_utils during a run: the next run installs it
+        digest, in_sync = module_utils_digest(), module_utils_in_sync(fleet, "h1")
+        rc, doc = fleet.rollout([counter(), OPENAT], limit="h1")
+        assert rc == 0, failure_messages(doc)
+        if in_sync and module_utils_digest() == digest:
+            break
+    else:
+        pytest.skip("plugins/module_utils kept changing during the runs")
+    for name in ("Pack the collection's module_utils", "Install the collection's module_utils",
+                 "Remove the packed module_utils"):
+        res = task_results(doc, "h1", name)[0]
+        assert res.get("skipped") and not res.get("changed"), (name, res)
+    assert not task_results(doc, "h1", "Find the module_utils already on the host")[0].get("changed")
+
+    victim = os.path.join(lib, "reapply.py")
+    open(victim, "w").close()  # truncated
+    rc, doc = fleet.rollout([counter(), OPENAT], limit="h1", check=True)
+    assert rc == 0, failure_messages(doc)
+    would = task_results(doc, "h1", "Install the collection's module_utils (check mode")[0]
+    assert would["changed"] and "module_utils/reapply.py" in would["msg"], would
+    assert task_results(doc, "h1", "Install the collection's module_utils for the re-apply")[0].get("skipped")
+    assert os.path.getsize(victim) == 0
+
+    digest = module_utils_digest()
+    rc, doc = fleet.rollout([counter(), OPENAT], limit="h1")
+    assert rc == 0, failure_messages(doc)
+    changed = [t["task"]["name"] for p in doc["plays"] for t in p["tasks"] if t["hosts"].get("h1", {}).get("changed")]
+    assert changed == ["hypermesh.ebpf.ebpf_programs : Install the collection's module_utils for the re-apply "
+                       "(same code as the modules)"], changed
+    assert os.path.getsize(victim) > 0
+    assert module_utils_in_sync(fleet, "h1") or module_utils_digest() != digest
+    assert not os.path.exists(task_results(doc, "h1", "Pack the collection's module_utils")[0]["stdout"])
 
 
 def test_gate_refuses_a_host_without_the_feature_and_changes_nothing(fleet):
