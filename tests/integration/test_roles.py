@@ -358,6 +358,8 @@ def test_rollout_check_mode_first_changes_nothing_in_the_kernel(fleet):
     assert rc == 0, failure_messages(doc)
     for h in HOSTS:
         assert doc["stats"][h]["changed"] > 0
+        would = task_results(doc, h, "Install the collection's module_utils (check mode")  # the first install
+        assert would and would[0].get("changed") and "module_utils/reapply.py" in would[0]["msg"], would
         assert fleet.xdp_prog(h) is None
         assert not os.path.exists(fleet.dirs(h)["pin_root"])
         assert fleet.desired(h) is None
