@@ -58,7 +58,7 @@ if COLLECTIONS not in sys.path:
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from play_timer import run_tasks, timed, untimed  # noqa: E402
+from play_timer import ansible_env, run_tasks, timed, untimed  # noqa: E402
 
 PYTHON = os.path.join(TOP, ".venv", "bin", "python")
 if not os.path.exists(PYTHON):
@@ -90,9 +90,7 @@ sys.stdout.write(json.dumps({"changed": result["changed"], "written": len(result
 
 
 def _env():
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(TOP, "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=COLLECTIONS,
-               ANSIBLE_STDOUT_CALLBACK="default", ANSIBLE_NOCOLOR="1", LANG="C", PYTHONPATH=COLLECTIONS)
-    return env
+    return ansible_env(ANSIBLE_STDOUT_CALLBACK="default", ANSIBLE_NOCOLOR="1", PYTHONPATH=COLLECTIONS)
 
 
 CPU = {}  # name -> best CPU seconds (user + system of the process and every process it waited for)

@@ -32,6 +32,14 @@ def untimed(name, module, args, **extra):
     return task
 
 
+def ansible_env(**extra):
+    """The environment of a bench's Ansible run: this repository's ansible.cfg and collection."""
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(TOP, "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=COLLECTIONS,
+               LANG="C")
+    env.update(extra)
+    return env
+
+
 def durations(junit_dir):
     """{side: [seconds]} from the junit callback's XML (it names a case "[host] play: T side n")."""
     out = {}
@@ -52,10 +60,8 @@ def run_tasks(tasks, python):
         with open(playbook, "w") as f:
             json.dump([{"hosts": "localhost", "connection": "local", "gather_facts": False,
                         "vars": {"ansible_python_interpreter": python}, "tasks": tasks}], f)  # JSON is YAML
-        env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(TOP, "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=COLLECTIONS,
-                   ANSIBLE_CALLBACKS_ENABLED="junit", JUNIT_OUTPUT_DIR=os.path.join(work, "junit"),
-                   JUNIT_TASK_CLASS="yes", JUNIT_HIDE_TASK_ARGUMENTS="yes", ANSIBLE_STDOUT_CALLBACK="minimal",
-                   LANG="C")
+        env = ansible_env(ANSIBLE_CALLBACKS_ENABLED="junit", JUNIT_OUTPUT_DIR=os.path.join(work, "junit"),
+                          JUNIT_TASK_CLASS="yes", JUNIT_HIDE_TASK_ARGUMENTS="yes", ANSIBLE_STDOUT_CALLBACK="minimal")
         proc = subprocess.run([os.path.join(os.path.dirname(python), "ansible-playbook"), "-i", "localhost,",
                                playbook], capture_output=True, text=True, env=env, cwd=TOP)
         if proc.returncode != 0:

@@ -219,9 +219,6 @@ class Guest(object):
         except OSError:
             return b""
 
-    def console_shows(self, marker):
-        return marker in self.read_console()
-
     def check_booting(self):
         """The console so far; GuestError with the console when qemu is gone or the kernel panicked (the guest
         is stopped then: panic=-1 would boot it into the same panic again and again)."""
