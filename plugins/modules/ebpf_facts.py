@@ -239,6 +239,8 @@ ansible_facts:
                   reason: BPF_PROG_QUERY with BPF_TCX_INGRESS on lo succeeds}
 """
 
+import gc
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import hardware, kernel_info, probes
@@ -284,4 +286,5 @@ def main():
 
 
 if __name__ == "__main__":
+    gc.freeze()  # what the imports built lives until exit: no collection walks it (docs/DESIGN.md)
     main()

@@ -136,6 +136,7 @@ stats:
       returned: with O(wait_for_runs)
 """
 
+import gc
 import os
 
 from ansible.module_utils.basic import AnsibleModule
@@ -169,4 +170,5 @@ def main():
 
 
 if __name__ == "__main__":
+    gc.freeze()  # what the imports built lives until exit: no collection walks it (docs/DESIGN.md)
     main()

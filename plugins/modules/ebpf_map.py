@@ -191,6 +191,8 @@ diff:
   sample: {before: {entries: {"192.0.2.10": null}}, after: {entries: {"192.0.2.10": 0}}}
 """
 
+import gc
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import pycache
@@ -218,4 +220,5 @@ def main():
 
 
 if __name__ == "__main__":
+    gc.freeze()  # what the imports built lives until exit: no collection walks it (docs/DESIGN.md)
     main()

@@ -162,6 +162,8 @@ verifier_log:
   type: str
 """
 
+import gc
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import pycache
@@ -190,4 +192,5 @@ def main():
 
 
 if __name__ == "__main__":
+    gc.freeze()  # what the imports built lives until exit: no collection walks it (docs/DESIGN.md)
     main()
