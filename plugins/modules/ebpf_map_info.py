@@ -75,6 +75,27 @@ options:
         returning them. The directory must exist; the file is replaced atomically, and only when its content
         changes. M(hypermesh.ebpf.ebpf_map) reads such a file with O(hypermesh.ebpf.ebpf_map#module:src).
     type: path
+  wait_for:
+    description:
+      - Wait until a counter moves. The entry of the one key in O(keys) is read again every 0.1 s until its
+        value is greater than O(wait_for.above), for at most O(wait_for.timeout) seconds; RV(entries) is the
+        last read and RV(wait) says how it went. When the time runs out the task fails, and its message gives
+        the last value (a key not in the map counts as not moved yet).
+      - One module run for the whole wait, where Ansible's C(until)/C(retries) would run the module again for
+        every read (a quarter of a second each on a fast host, seconds on a slow one).
+    type: dict
+    suboptions:
+      above:
+        description: The value must become greater than this (typically the value read before).
+        type: int
+        required: true
+      field:
+        description: For a struct value, the integer member compared (for example C(packets)).
+        type: str
+      timeout:
+        description: Seconds to wait at most.
+        type: float
+        default: 30
 extends_documentation_fragment:
   - hypermesh.ebpf.attributes.INFO_MODULE
 """
@@ -109,6 +130,22 @@ EXAMPLES = r"""
     map: verdicts
     keys: [1]
   register: verdicts
+
+- name: Wait up to 60 s for a drop more than that (fails when none comes)
+  hypermesh.ebpf.ebpf_map_info:
+    name: blocklist
+    map: verdicts
+    keys: [1]
+    wait_for:
+      above: "{{ verdicts.entries[0].value }}"
+      timeout: 60
+
+- name: The same for a member of a struct value
+  hypermesh.ebpf.ebpf_map_info:
+    name: xdp-counter
+    map: xdp_stats
+    keys: [0]
+    wait_for: {above: 0, field: packets}
 """
 
 RETURN = r"""
@@ -141,11 +178,30 @@ dest:
   description: The file the entries were written to.
   returned: when O(dest) is set
   type: str
+wait:
+  description: How O(wait_for) went.
+  returned: when O(wait_for) is set
+  type: dict
+  contains:
+    reached:
+      description: Whether the value passed O(wait_for.above) in time.
+      type: bool
+    seconds:
+      description: Seconds waited.
+      type: float
+    value:
+      description: The number compared last (the member O(wait_for.field) of a struct value); C(null) when the
+        key was not in the map.
+      type: int
+  sample: {reached: true, seconds: 1.2, value: 57}
 read_method:
   description: How the map was read, V(batch) (BPF_MAP_LOOKUP_BATCH), V(next_key) or V(lookup) (O(keys) given).
   returned: always
   type: str
 """
+
+import gc
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -156,7 +212,31 @@ pycache.use_host_copy("ebpf_map_info")
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_codec  # noqa: E402
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_file  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_wait  # noqa: E402
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import pinned_map  # noqa: E402
+
+
+def wait(pm, p):
+    """wait_for: the one key's entry read until its value passes `above`; (result, failure message or None)."""
+    w = p["wait_for"]
+    as_dict = p["entries_as"] == "dict"
+    last = {}
+
+    def read():
+        last["entries"] = entries = pinned_map.read_entries(pm, p["key_format"], p["value_format"], p["keys"],
+                                                            as_dict)
+        if not entries:
+            return None
+        return next(iter(entries.values())) if as_dict else entries[0]["value"]
+
+    reached, value, seconds = map_wait.wait_above(read, w["above"], w["field"], w["timeout"])
+    number = None if value is None else map_wait.number(value, w["field"])
+    result = dict(changed=False, map=pm.describe(), count=len(last["entries"]), read_method=pm.read_method,
+                  entries=last["entries"], wait=dict(reached=reached, seconds=round(seconds, 3), value=number))
+    if reached:
+        return result, None
+    what = "%s[%s]%s" % (os.path.basename(pm.path), p["keys"][0], ("." + w["field"]) if w["field"] else "")
+    return result, map_wait.timeout_message(what, number, w["above"], seconds)
 
 
 def main():
@@ -171,34 +251,42 @@ def main():
             value_format=dict(type="str", choices=list(map_codec.FORMATS), default="auto"),
             entries_as=dict(type="str", choices=["list", "dict"], default="list"),
             dest=dict(type="path"),
+            wait_for=dict(type="dict", options=dict(above=dict(type="int", required=True), field=dict(type="str"),
+                                                    timeout=dict(type="float", default=30))),
         ),
-        mutually_exclusive=[("path", "name"), ("path", "map")],
+        mutually_exclusive=[("path", "name"), ("path", "map"), ("dest", "wait_for")],
         required_one_of=[("path", "name")],
         required_together=[("name", "map")],
         supports_check_mode=True,
     )
     p = module.params
+    if p["wait_for"] and len(p["keys"] or []) != 1:
+        module.fail_json(msg="wait_for watches one entry: give exactly one key in keys")
+    failure = None
     try:
         path = pinned_map.map_path(p["path"], p["name"], p["map"], p["pin_root"])
         as_dict = p["entries_as"] == "dict"
         with pinned_map.PinnedMap(path) as pm:
-            if p["dest"] is None:
+            if p["wait_for"]:
+                result, failure = wait(pm, p)
+            elif p["dest"] is None:
                 entries = pinned_map.read_entries(pm, p["key_format"], p["value_format"], p["keys"], as_dict)
-                count = len(entries)
+                result = dict(changed=False, map=pm.describe(), count=len(entries), read_method=pm.read_method,
+                              entries=entries)
             else:
                 columns = pinned_map.read_decoded(pm, p["key_format"], p["value_format"], p["keys"], as_dict)
-                count = len(columns[0])
-            result = dict(changed=False, map=pm.describe(), count=count, read_method=pm.read_method)
-        if p["dest"] is None:
-            result["entries"] = entries
-        else:
+                result = dict(changed=False, map=pm.describe(), count=len(columns[0]), read_method=pm.read_method)
+        if p["dest"] is not None:
             text = map_file.entries_json(*columns, as_dict=as_dict) + "\n"
             result["changed"] = map_file.write_if_changed(p["dest"], text, module.check_mode)
             result["dest"] = p["dest"]
-    except (map_codec.CodecError, pinned_map.MapError, map_file.EntriesFileError, OSError) as e:
+    except (map_codec.CodecError, pinned_map.MapError, map_file.EntriesFileError, map_wait.WaitError, OSError) as e:
         module.fail_json(msg=str(e))
+    if failure:
+        module.fail_json(msg=failure, **result)
     module.exit_json(**result)
 
 
 if __name__ == "__main__":
+    gc.freeze()  # what the imports built lives until exit: no collection walks it (docs/DESIGN.md)
     main()

@@ -7,6 +7,8 @@ network namespaces this test creates; traffic is a ping from the a side.
 import json
 import os
 import shutil
+import subprocess
+import threading
 import time
 
 import pytest
@@ -115,6 +117,46 @@ def test_percpu_struct_write_and_sum(pin_root, pair):
     bad = module("ebpf_map", {"path": path, "entries": [{"key": 0, "value": {"packets": 1, "octets": 2}}]})
     assert bad.get("failed") and "octets" in bad["msg"] and "packets, bytes" in bad["msg"], bad
     drop_program(pin_root, "counter")
+
+
+def test_info_wait_for_a_counter_to_move(pin_root):
+    """wait_for: one module run that returns once traffic moves the counter, and fails with the last value
+    when nothing moves it in time."""
+    with veth_netns() as p:
+        for ns, ifname in ((p["a"], p["a_if"]), (p["b"], p["b_if"])):    # no IPv6 chatter: only our pings
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % ifname],
+                           check=True)
+        program(pin_root, "waitcount", "xdp_counter.bpf.o",
+                attach={"xdp": {"interface": p["b_if"], "netns": p["b"], "mode": "generic"}})
+        try:
+            args = {"name": "waitcount", "map": "xdp_stats", "pin_root": pin_root, "keys": [0]}
+            before = module("ebpf_map_info", args)["entries"][0]["value"]["packets"]
+            # a mark no traffic reaches in a second (the fresh veth does send some IPv6 neighbour discovery):
+            # the wait runs out and says where the counter stayed
+            mark = before + 10 ** 9
+            r = module("ebpf_map_info", dict(args, wait_for={"above": mark, "field": "packets", "timeout": 1}))
+            assert r.get("failed"), r
+            stayed = r["wait"]["value"]
+            assert "xdp_stats[0].packets stayed at %d, not above %d, for 1.0 s" % (stayed, mark) in r["msg"], r
+            assert r["wait"]["reached"] is False and stayed >= before and r["wait"]["seconds"] >= 1
+            before = stayed
+            # traffic starts while the module waits: it returns with the moved counter
+            timer = threading.Timer(4.0, ping, (p["a"], p["b_ip"]))
+            timer.start()
+            try:
+                r = module("ebpf_map_info", dict(args, wait_for={"above": before, "field": "packets", "timeout": 30}))
+            finally:
+                timer.join()
+            assert not r.get("failed") and r["wait"]["reached"] is True, r
+            assert r["wait"]["value"] > before and r["entries"][0]["value"]["packets"] == r["wait"]["value"]
+            assert 0 < r["wait"]["seconds"] < 30, r["wait"]    # it waited for the pings: not a single read
+            # what it refuses
+            r = module("ebpf_map_info", dict(args, keys=[], wait_for={"above": 0}))
+            assert r.get("failed") and "exactly one key" in r["msg"], r
+            r = module("ebpf_map_info", dict(args, wait_for={"above": 0, "field": "octets", "timeout": 1}))
+            assert r.get("failed") and "no such member (members: bytes, packets)" in r["msg"], r
+        finally:
+            drop_program(pin_root, "waitcount")
 
 
 def test_exact_removes_the_rest(pin_root):

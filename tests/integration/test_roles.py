@@ -403,7 +403,7 @@ def test_rollout_applies_then_changes_nothing(fleet):
         assert fleet.pinned(h, "counter") and fleet.pinned(h, "openat", "link")
         # the health checks ran and saw movement: counter packets and the openat run count
         waited = task_results(doc, h, "Wait for the health counters to move")[0]["results"][0]
-        assert waited["entries"][0]["value"]["packets"] > 0
+        assert waited["entries"][0]["value"]["packets"] > 0 and waited["wait"]["reached"] is True, waited
         runs = task_results(doc, h, "Wait for the programs to run")[0]
         assert any(p.get("managed_name") == "openat" and p["run_cnt"] > 0 for p in runs["programs"])
         desired = json.loads(fleet.desired(h))
