@@ -25,7 +25,7 @@ def test_cmdline_rejects_non_key():
         qemu.kernel_cmdline("garbage")
 
 
-@pytest.mark.parametrize("kvm, accel", [(True, "kvm"), (False, "tcg,thread=multi")])
+@pytest.mark.parametrize("kvm, accel", [(True, "kvm"), (False, "tcg,thread=multi,tb-size=128")])
 def test_qemu_argv(kvm, accel):
     argv = qemu.qemu_argv("sid", "/i/vmlinuz", "/i/initrd.img", "/s/overlay.qcow2", 2222, "console=ttyS0",
                           "/s/console.log", "/s/qemu.pid", kvm)
