@@ -217,7 +217,8 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils import pinned_map  
 
 
 def wait(pm, p):
-    """wait_for: the one key's entry read until its value passes `above`; (result, failure message or None)."""
+    """wait_for: the one key's entry read until its value passes `above`; (last entries, RV wait, failure message
+    or None)."""
     w = p["wait_for"]
     as_dict = p["entries_as"] == "dict"
     last = {}
@@ -231,12 +232,11 @@ def wait(pm, p):
 
     reached, value, seconds = map_wait.wait_above(read, w["above"], w["field"], w["timeout"])
     number = None if value is None else map_wait.number(value, w["field"])
-    result = dict(changed=False, map=pm.describe(), count=len(last["entries"]), read_method=pm.read_method,
-                  entries=last["entries"], wait=dict(reached=reached, seconds=round(seconds, 3), value=number))
-    if reached:
-        return result, None
-    what = "%s[%s]%s" % (os.path.basename(pm.path), p["keys"][0], ("." + w["field"]) if w["field"] else "")
-    return result, map_wait.timeout_message(what, number, w["above"], seconds)
+    failure = None
+    if not reached:
+        what = "%s[%s]%s" % (os.path.basename(pm.path), p["keys"][0], ("." + w["field"]) if w["field"] else "")
+        failure = map_wait.timeout_message(what, number, w["above"], seconds)
+    return last["entries"], dict(reached=reached, seconds=round(seconds, 3), value=number), failure
 
 
 def main():
@@ -268,15 +268,18 @@ def main():
         as_dict = p["entries_as"] == "dict"
         with pinned_map.PinnedMap(path) as pm:
             if p["wait_for"]:
-                result, failure = wait(pm, p)
+                entries, waited, failure = wait(pm, p)
             elif p["dest"] is None:
                 entries = pinned_map.read_entries(pm, p["key_format"], p["value_format"], p["keys"], as_dict)
-                result = dict(changed=False, map=pm.describe(), count=len(entries), read_method=pm.read_method,
-                              entries=entries)
             else:
                 columns = pinned_map.read_decoded(pm, p["key_format"], p["value_format"], p["keys"], as_dict)
-                result = dict(changed=False, map=pm.describe(), count=len(columns[0]), read_method=pm.read_method)
-        if p["dest"] is not None:
+            count = len(entries) if p["dest"] is None else len(columns[0])
+            result = dict(changed=False, map=pm.describe(), count=count, read_method=pm.read_method)
+        if p["wait_for"]:
+            result["wait"] = waited
+        if p["dest"] is None:
+            result["entries"] = entries
+        else:
             text = map_file.entries_json(*columns, as_dict=as_dict) + "\n"
             result["changed"] = map_file.write_if_changed(p["dest"], text, module.check_mode)
             result["dest"] = p["dest"]
