@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   the demo rollout of the example programs
-#   make test   every test (sanity, unit, integration on this kernel, the kernel matrix)
-.PHONY: demo test unit integration sanity matrix bench examples
+#   make test   every test (sanity, unit, integration on this kernel, newer ansible-core, the kernel matrix)
+.PHONY: demo test unit integration sanity core matrix bench examples
 
 demo:
 	scripts/demo.sh
@@ -9,7 +9,7 @@ demo:
 test:
 	scripts/test.sh
 
-unit integration sanity matrix:
+unit integration sanity core matrix:
 	scripts/test.sh $@
 
 bench:

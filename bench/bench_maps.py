@@ -104,7 +104,7 @@ def _cpu():
 def _timed(cmd, check_out=None, name=None):
     cpu = _cpu()
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, env=_env(), cwd=TOP)
+    proc = subprocess.run(cmd, capture_output=True, env=_env(), cwd=TOP, check=False)
     elapsed = time.perf_counter() - start
     if name:
         used = _cpu() - cpu
@@ -117,7 +117,7 @@ def _timed(cmd, check_out=None, name=None):
 
 def _best(cmd, setup=None, check_out=None):
     times = []
-    for _ in range(REPEAT):
+    for _unused in range(REPEAT):
         if setup:
             setup()
         times.append(_timed(cmd, check_out))
@@ -129,7 +129,7 @@ def _interleaved(commands, setup=None, after=None):
     this shared machine hits every side alike; `after(name)` checks the outcome of each run."""
     best = {}
     CPU.clear()
-    for _ in range(REPEAT):
+    for _unused in range(REPEAT):
         for name, cmd, check_out in commands:
             if setup:
                 setup()
@@ -249,7 +249,7 @@ def bench_tasks(work, pin):
     """The target rows: map tasks in one playbook, both sides taking turns (see the module doc)."""
     read, write = os.path.join(pin, "tasks_read"), os.path.join(pin, "tasks_write")
     _new_hash(read, READ_N)
-    batch, src, _ = _write_inputs(work, write)
+    batch, src, _unused = _write_inputs(work, write)
     ours_dest, theirs_dest = os.path.join(work, "tasks_ours.json"), os.path.join(work, "tasks_bpftool.json")
     fmt = {"key_format": "ipv4", "value_format": "int"}
     dump = "bpftool -j map dump pinned " + read
@@ -371,7 +371,7 @@ def bench_write(work, pin):
 def _in_process(path, entries):
     from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_apply, pinned_map
     best_read = best_write = None
-    for _ in range(REPEAT):
+    for _unused in range(REPEAT):
         _new_hash(path, READ_N)
         start = time.perf_counter()
         with pinned_map.PinnedMap(path) as pm:

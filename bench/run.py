@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Run every benchmark under bench/ and print one table of ratios (ours / baseline, lower is better).
 
 Each bench/bench_*.py defines `run()` returning a list of {"name", "ours_s", "baseline_s", "ratio", "target"}

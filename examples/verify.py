@@ -69,9 +69,9 @@ failures = []
 
 
 def run(*argv, **kw):
-    kw.setdefault("check", True)
+    check = kw.pop("check", True)
     return subprocess.run(list(argv), capture_output=True, text=True,
-                          env=dict(os.environ, LANG="C", LC_ALL="C"), **kw)
+                          env=dict(os.environ, LANG="C", LC_ALL="C"), check=check, **kw)
 
 
 def in_ns(ns, *argv):
@@ -194,7 +194,7 @@ def ping(expect_replies=True, cgroup=None):
         def pre():
             with open(cgroup + "/cgroup.procs", "w") as f:
                 f.write(str(os.getpid()))
-    res = subprocess.run(argv, capture_output=True, text=True, preexec_fn=pre)
+    res = subprocess.run(argv, capture_output=True, text=True, preexec_fn=pre, check=False)
     check((res.returncode == 0) == expect_replies,
           "ping %s -> %s %s" % (ADDR_A, ADDR_B, "answered" if expect_replies else "unanswered"))
 
@@ -252,7 +252,7 @@ def step_tracing():
     check(prog >= 0 and link >= 0, "raw tracepoint sys_enter attached")
     if link >= 0:
         before = map_total(PIN + "/rawtp_sys_enter_maps/sys_enter_count")[0]
-        for _ in range(1000):
+        for _unused in range(1000):
             os.getppid()
         after = map_total(PIN + "/rawtp_sys_enter_maps/sys_enter_count")[0]
         os.close(link)
@@ -271,7 +271,7 @@ def step_tracing():
         fcntl.ioctl(event, 0x40042408, prog)  # PERF_EVENT_IOC_SET_BPF
         fcntl.ioctl(event, 0x2400, 0)         # PERF_EVENT_IOC_ENABLE
         before = map_total(PIN + "/tp_openat_maps/openat_count")[0]
-        for _ in range(100):
+        for _unused in range(100):
             os.close(os.open("/etc/hostname", os.O_RDONLY))
         after = map_total(PIN + "/tp_openat_maps/openat_count")[0]
         os.close(event)
@@ -300,10 +300,14 @@ def step_libbpf(path):
         getattr(lib, fname).restype, getattr(lib, fname).argtypes = res, args
     if hasattr(lib, "bpf_object__next_program"):  # 0.7+
         next_prog, next_map = lib.bpf_object__next_program, lib.bpf_object__next_map
-        order = lambda obj, cur: (obj, cur)
+
+        def order(obj, cur):
+            return obj, cur
     else:  # 0.3: (prev, obj)
         next_prog, next_map = lib.bpf_program__next, lib.bpf_map__next
-        order = lambda obj, cur: (cur, obj)
+
+        def order(obj, cur):
+            return cur, obj
     for fn in (next_prog, next_map):
         fn.restype, fn.argtypes = vp, [vp, vp]
 
@@ -327,7 +331,7 @@ def step_libbpf(path):
                                                 lib.bpf_program__section_name(p).decode()))
         maps = walk(next_map, obj, lambda m: lib.bpf_map__name(m).decode())
         want_progs, want_maps = CONTRACT.get(name, ({"xdp_bad": "xdp"}, {}))
-        check(sorted(p for p, _ in progs) == sorted(want_progs) and sorted(maps) == sorted(want_maps),
+        check(sorted(p for p, _unused in progs) == sorted(want_progs) and sorted(maps) == sorted(want_maps),
               "%s opens: programs %s, maps %s" % (name, progs, maps))
         rc = lib.bpf_object__load(obj)
         lib.bpf_object__close(obj)
@@ -343,10 +347,10 @@ def step_libbpf(path):
 
 def cleanup():
     for ns in (NS_A, NS_B):
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
     if os.path.isdir(CGROUP):
         subprocess.run(["bpftool", "cgroup", "detach", CGROUP, "egress", "pinned",
-                        PIN + "/cgroup_egress/cgroup_egress_bytes"], capture_output=True)
+                        PIN + "/cgroup_egress/cgroup_egress_bytes"], capture_output=True, check=False)
         os.rmdir(CGROUP)
     shutil.rmtree(PIN, ignore_errors=True)
 

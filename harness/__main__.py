@@ -13,22 +13,10 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 from harness import guests, images, qemu, report
-
-
-KVM_SILENCE = 10  # seconds without a byte on the console before a KVM guest is taken for dead
-
-
-def kvm_probe():
-    """KVM_RUN of a one-instruction VM in a child (a broken KVM may hang): see harness/kvmprobe.py."""
-    try:
-        return subprocess.run([sys.executable, "-m", "harness.kvmprobe"], timeout=10,
-                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
+from harness.accel import VERDICT_FILE, Accel, mode_from_env
 
 
 def log(msg):
@@ -67,54 +55,6 @@ def make_key(statedir):
     return key
 
 
-class Accel(object):
-    """KVM until a KVM guest shows it does not run (silent console), then TCG for the rest of the run.
-
-    /dev/kvm can pass every ioctl check on a machine where real guests never execute (seen here: nested
-    virtualisation), so the first guest is the real probe."""
-
-    def __init__(self, kvm):
-        self.kvm = kvm
-        self.lock = threading.Lock()
-
-    def demote(self, name):
-        with self.lock:
-            if self.kvm:
-                log("guest %s: no console output under KVM: KVM does not run guests here, using TCG" % name)
-                remember_kvm_broken()
-            self.kvm = False
-
-
-def _boot_id():
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
-
-
-def _kvm_verdict_file():
-    return os.path.join(images.cache_dir(), "kvm-broken")
-
-
-def remember_kvm_broken():
-    """Until the host reboots, skip the 10 s KVM try (the verdict is keyed by the host's boot id)."""
-    try:
-        os.makedirs(images.cache_dir(), exist_ok=True)
-        with open(_kvm_verdict_file(), "w") as f:
-            f.write(_boot_id() + "\n")
-    except OSError:
-        pass
-
-
-def kvm_known_broken():
-    try:
-        with open(_kvm_verdict_file()) as f:
-            return f.read().strip() == _boot_id()
-    except OSError:
-        return False
-
-
 def boot_one(name, statedir, key, accel, cache):
     spec = guests.lookup(name)
     image = images.image_dir(spec["suite"], cache)
@@ -123,39 +63,43 @@ def boot_one(name, statedir, key, accel, cache):
         raise qemu.GuestError("guest %s: image %s not built (run: python3 -m harness build %s)"
                               % (name, image, spec["suite"]))
     g = qemu.Guest(name, statedir)
-    while True:
-        kvm = accel.kvm
-        started = time.time()
+    started = [0.0]
+
+    def start(kvm):
+        started[0] = time.time()
         port = g.start(image, key, spec["cmdline"], spec.get("kernel"), spec.get("initrd"), kvm=kvm)
         log("guest %s: qemu started (%s, port %d, cmdline extra: %s)"
             % (name, "kvm" if kvm else "tcg", port, spec["cmdline"] or "-"))
-        if kvm and g.console_silent_for(KVM_SILENCE):
+        return port
+
+    def wait(port):
+        try:
+            g.wait_ssh(port, key)
+        except qemu.GuestError:
             g.stop()
-            accel.demote(name)
-            continue
-        break
-    try:
-        g.wait_ssh(port, key)
-    except qemu.GuestError:
-        g.stop()
-        raise
-    boot = time.time() - started
+            raise
+
+    kvm = accel.boot(g, start, wait)
+    boot = time.time() - started[0]
     log("guest %s: SSH up after %.1f s" % (name, boot))
-    return {"instance": name, "address": "127.0.0.1", "user": "root", "port": port, "identity_file": key,
+    return {"instance": name, "address": "127.0.0.1", "user": "root", "port": g.port, "identity_file": key,
             "suite": spec["suite"], "cmdline": spec["cmdline"], "accel": "kvm" if kvm else "tcg",
             "boot_seconds": round(boot, 1), "custom_kernel": spec.get("kernel")}
 
 
 def cmd_up(args):
+    try:
+        mode = mode_from_env(force_tcg=args.tcg)
+    except ValueError as e:
+        log("up: %s" % e)
+        return 2
     statedir = os.path.abspath(args.state)
     os.makedirs(statedir, exist_ok=True)
     key = make_key(statedir)
-    mode = "tcg" if args.tcg else os.environ.get("HYPERMESH_ACCEL", "auto")
-    kvm = mode == "kvm" or (mode == "auto" and not kvm_known_broken() and kvm_probe())
-    accel = Accel(kvm)
+    cache = images.cache_dir()
+    accel = Accel(mode, os.path.join(cache, VERDICT_FILE), log)
     # TCG is CPU bound: more boots at once than cores only makes each slower
     jobs = args.jobs or int(os.environ.get("HYPERMESH_BOOT_JOBS", "0")) or max(2, os.cpu_count() or 2)
-    cache = images.cache_dir()
     results, errors = [], []
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [(n, pool.submit(boot_one, n, statedir, key, accel, cache)) for n in args.guests]
@@ -207,9 +151,10 @@ def cmd_check_clean(args):
     if os.path.exists(path):
         with open(path) as f:
             instances = {i["instance"]: i for i in json.load(f)}
-    names = sorted(set(instances) | set(d for d in os.listdir(statedir)
-                                           if os.path.isdir(os.path.join(statedir, d)))) \
-        if os.path.isdir(statedir) else sorted(instances)
+    names = sorted(instances)
+    if os.path.isdir(statedir):
+        dirs = set(d for d in os.listdir(statedir) if os.path.isdir(os.path.join(statedir, d)))
+        names = sorted(set(instances) | dirs)
     for name in names:
         g = qemu.Guest(name, statedir)
         pid = qemu.read_pid(g.pidfile)

@@ -1,6 +1,6 @@
 """Boot a guest under qemu and tear it down without leaving anything behind.
 
-KVM when /dev/kvm works, plain emulation (TCG) otherwise. User-mode networking with SSH forwarded from a
+KVM or plain emulation (TCG), as harness/accel.py decides. User-mode networking with SSH forwarded from a
 free port on 127.0.0.1 only. The kernel (and its initrd where it needs one) is given to qemu directly
 (-kernel/-initrd), the root file system is a qcow2 overlay over the cached image on an NVMe disk (Debian's
 cloud kernels have that driver built in: no initramfs) or a virtio disk. The serial console goes to a file,
@@ -41,6 +41,14 @@ class GuestError(Exception):
     def __init__(self, message, console=""):
         Exception.__init__(self, message)
         self.console = console
+
+
+class QemuStartError(GuestError):
+    """qemu exited at start (before it daemonized); `output` is what it printed."""
+
+    def __init__(self, message, output):
+        GuestError.__init__(self, message)
+        self.output = output
 
 
 # TCG's translation cache, in MiB (qemu's default: 1 GiB). A guest reset does not empty it: the code translated
@@ -196,12 +204,14 @@ class Guest(object):
                 initrd = os.path.join(image, "initrd.img")
         with open(key + ".pub") as f:
             cmdline = kernel_cmdline(f.read(), extra_cmdline, disk)
+        if os.path.exists(self.console):  # the console of an earlier boot: first_output() reads this one's
+            os.unlink(self.console)
         last = ""
-        for _ in range(5):  # the port may be taken between free_port() and qemu's bind
+        for _unused in range(5):  # the port may be taken between free_port() and qemu's bind
             port = free_port()
             argv = qemu_argv(self.name, kernel, initrd, self.overlay, port, cmdline, self.console,
                              self.pidfile, kvm, memory, disk_type=disk)
-            res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
             if res.returncode == 0:
                 self.port = port
                 self.kvm = kvm
@@ -209,17 +219,23 @@ class Guest(object):
             last = res.stdout
             if "hostfwd" not in last and "Could not set up host forwarding" not in last:
                 break
-        os.unlink(self.overlay)
-        raise GuestError("guest %s: qemu failed to start: %s" % (self.name, last.strip()))
+        for path in (self.overlay, self.pidfile):
+            if os.path.exists(path):
+                os.unlink(path)
+        raise QemuStartError("guest %s: qemu failed to start: %s" % (self.name, last.strip()), last)
 
-    def console_silent_for(self, seconds):
-        """Wait up to `seconds` for the first byte on the serial console; True when none came."""
+    def first_output(self, seconds):
+        """Wait up to `seconds` for the first byte on the serial console: None when it came, else why not."""
         deadline = time.time() + seconds
-        while time.time() < deadline:
+        while True:
             if os.path.exists(self.console) and os.path.getsize(self.console) > 0:
-                return False
-            time.sleep(0.2)
-        return True
+                return None
+            pid = read_pid(self.pidfile)
+            if pid is None or not pid_is_guest(pid, self.name):
+                return "qemu exited before its first console byte"
+            if time.time() >= deadline:
+                return "silent console for %d s" % seconds
+            time.sleep(0.1)
 
     def read_console(self):
         try:
@@ -255,7 +271,7 @@ class Guest(object):
                     continue
             try:
                 res = subprocess.run(ssh_argv(port, key, "true"), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=60)
+                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=60, check=False)
                 if res.returncode == 0:
                     return time.time() - started
             except subprocess.TimeoutExpired:

@@ -63,7 +63,96 @@ def load_run(run):
     phases = load_phases(run)
     for r in results:
         r["rollout_phases"] = phases
+    user = _load(os.path.join(run, "user.json"), None)
+    if user is not None:  # scripts/matrix.sh user: the user's programs and playbook
+        results = load_user(run, user, results)
     return sorted(results, key=lambda r: (_rank(r.get("guest", "")), r.get("guest", "")))
+
+
+OURS = "Hypermesh user matrix:"  # the plays of extensions/molecule/user/ around the user's playbook
+
+
+def play_summary(run, playbook, host):
+    """The user's plays of results/plays-<playbook>.json (hm_changes) for one host, added up: ok, changed,
+    failed counts and the changed and failed tasks' names; None when none of them ran on the host."""
+    doc = _load(os.path.join(run, "results", "plays-%s.json" % playbook), None)
+    if doc is None:
+        return None
+    out = {"ok": 0, "changed": 0, "failed": 0, "changed_tasks": [], "failed_tasks": []}
+    seen = False
+    for play in doc.get("plays", []):
+        rec = play.get("hosts", {}).get(host)
+        if rec is None or play.get("name", "").startswith(OURS):
+            continue
+        seen = True
+        for key in ("ok", "changed", "failed"):
+            out[key] += rec.get(key, 0)
+        out["changed_tasks"] += rec.get("changed_tasks", [])
+        out["failed_tasks"] += rec.get("failed_tasks", [])
+    return out if seen else None
+
+
+def prog_ids_attached(state):
+    """Program ids the guest's kernel has attached: the managed links' and every interface's XDP, tc, tcx."""
+    ids = set(l.get("prog_id") for l in state.get("links", []))
+
+    def walk(v):
+        if isinstance(v, dict):
+            if isinstance(v.get("prog_id"), int):
+                ids.add(v["prog_id"])
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                if isinstance(x, int) and not isinstance(x, bool):
+                    ids.add(x)  # tcx: the program ids on the hook
+                else:
+                    walk(x)
+    for iface in state.get("interfaces", []):
+        walk({k: iface.get(k) for k in ("xdp", "tc", "tcx")})
+    ids.discard(0)
+    ids.discard(None)
+    return ids
+
+
+def user_programs(state, counters):
+    """{name: {outcome: attached|loaded, prog_id, type, counter}} from what ebpf_info listed in the guest
+    (results/<guest>.state.json) and the user's hm_report (a counter whose name is a program's)."""
+    attached = prog_ids_attached(state)
+    programs = {}
+    for p in state.get("programs", []):
+        name = p.get("managed_name") or p.get("name")
+        entry = programs.setdefault(name, {"outcome": "loaded", "prog_id": p.get("id"),
+                                           "type": p.get("type_name"), "message": ""})
+        if p.get("id") in attached:
+            entry["outcome"] = "attached"
+    for name, value in (counters or {}).items():
+        if name in programs and isinstance(value, (int, float)) and not isinstance(value, bool):
+            programs[name]["counter"] = value
+    return programs
+
+
+def load_user(run, user, results):
+    """The user scenario's per-guest records merged into `results`: the programs the kernel held (state),
+    the user's play (converge, idempotence, verify: hm_changes' counts, hm_failures' messages), hm_report."""
+    by_guest = {r["guest"]: r for r in results}
+    for name in user.get("guests", []):
+        by_guest.setdefault(name, {"guest": name, "programs": {}, "steps": results[0]["steps"] if results else {}})
+    # matrix.sh keeps the first converge's files as *-converge-1.json; plays-converge.json is then idempotence's
+    first = "converge-1" if os.path.exists(os.path.join(run, "results", "plays-converge-1.json")) else "converge"
+    steps = [("converge", first), ("idempotence", "converge" if first != "converge" else None),
+             ("verify", "verify"), ("prepare", "prepare"), ("record", "record")]
+    for name, r in by_guest.items():
+        state = _load(os.path.join(run, "results", name + ".state.json"), {})
+        counters = _load(os.path.join(run, "results", name + ".hm_report.json"), None)
+        r["programs"] = user_programs(state, counters)
+        plays = {step: play_summary(run, book, name) for step, book in steps[:3] if book}
+        failures = [dict(f, step=step) for step, book in steps if book
+                    for f in _load(os.path.join(run, "results", "failures-%s.json" % book), [])
+                    if f.get("host") == name]
+        r["user"] = {"plays": plays, "failures": failures, "hm_report": counters}
+        r["user_run"] = user
+    return list(by_guest.values())
 
 
 def load_phases(run):
@@ -125,10 +214,15 @@ def to_json(results, generated=None, phases=None):
         }
         if r.get("rollout"):
             guests[r["guest"]]["rollout"] = rollout_summary(r["rollout"])
+        if r.get("user"):
+            guests[r["guest"]]["user"] = r["user"]
     steps = results[0].get("steps", {}) if results else {}
-    return {"generated": generated or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "guests": guests, "steps_seconds": steps,
-            "rollout_phases": phases or (results[0].get("rollout_phases", []) if results else [])}
+    out = {"generated": generated or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "guests": guests, "steps_seconds": steps,
+           "rollout_phases": phases or (results[0].get("rollout_phases", []) if results else [])}
+    if results and results[0].get("user_run") is not None:
+        out["user"] = results[0]["user_run"]
+    return out
 
 
 def _mark(feature):
@@ -139,17 +233,55 @@ def _mark(feature):
     return "yes" if feature.get("supported") else "no"
 
 
+def _intro(report):
+    """The report's title and first paragraph: ours (docs/kernel-matrix.md), or the user's run."""
+    user = report.get("user")
+    if user is None:
+        return ["# Kernel matrix", "",
+                "Generated by `scripts/test.sh matrix` (%s) from real guests: the features are what "
+                "`hypermesh.ebpf.ebpf_facts` probed in each guest, the programs what `hypermesh.ebpf.ebpf_program` "
+                "did there. Regenerate with `scripts/matrix.sh`; see docs/harness.md." % report["generated"]]
+    return ["# Kernel matrix: %s" % os.path.basename(user.get("playbook") or "?"), "",
+            "Generated by `scripts/matrix.sh user` (%s) from real guests: the features are what "
+            "`hypermesh.ebpf.ebpf_facts` probed in each guest, the programs what the guest's kernel held after "
+            "your playbook (`hypermesh.ebpf.ebpf_info`), the counters what your playbook set in `hm_report`. "
+            "Playbook `%s`, objects `%s`, verify `%s`; see docs/harness.md, \"Your own programs across kernels\"."
+            % (report["generated"], user.get("playbook"), user.get("programs"), user.get("verify") or "-")]
+
+
+def user_markdown(report, names):
+    """The user's sections: per guest what each step of their playbook changed and failed, then hm_report."""
+    guests = report["guests"]
+    out = ["", "## Your playbook (tasks ok / changed / failed per step)", "",
+           "| guest | converge | idempotence | verify | changed in converge | failed |", "|---|---|---|---|---|---|"]
+
+    def counts(p):
+        return "%d / %d / %d" % (p["ok"], p["changed"], p["failed"]) if p else "-"
+    for n in names:
+        u = guests[n].get("user") or {}
+        plays = u.get("plays") or {}
+        failed = ["%s: %s" % (f["step"], f["task"]) for f in u.get("failures", [])]
+        out.append("| %s | %s | %s | %s | %s | %s |" % (
+            n, counts(plays.get("converge")), counts(plays.get("idempotence")), counts(plays.get("verify")),
+            ", ".join((plays.get("converge") or {}).get("changed_tasks", [])).replace("|", "/") or "-",
+            ", ".join(failed).replace("|", "/") or "none"))
+    keys = sorted({k for n in names for k in ((guests[n].get("user") or {}).get("hm_report") or {})})
+    if keys:
+        out += ["", "## Your counters (hm_report)", "", "| counter | " + " | ".join(names) + " |",
+                "|---|" + "---|" * len(names)]
+        for k in keys:
+            cells = [str(((guests[n].get("user") or {}).get("hm_report") or {}).get(k, "-")) for n in names]
+            out.append("| %s | %s |" % (k, " | ".join(c.replace("|", "/") for c in cells)))
+    return out
+
+
 def to_markdown(report):
     guests = report["guests"]
     names = list(guests)
-    out = ["# Kernel matrix", "",
-           "Generated by `scripts/test.sh matrix` (%s) from real guests: the features are what "
-           "`hypermesh.ebpf.ebpf_facts` probed in each guest, the programs what `hypermesh.ebpf.ebpf_program` "
-           "did there. Regenerate with `scripts/matrix.sh`; see docs/harness.md." % report["generated"], "",
-           "## Features probed", "",
-           "| feature | " + " | ".join(names) + " |",
-           "|---|" + "---|" * len(names),
-           "| kernel | " + " | ".join(guests[n]["release"] or "?" for n in names) + " |"]
+    out = _intro(report) + ["", "## Features probed", "",
+                            "| feature | " + " | ".join(names) + " |",
+                            "|---|" + "---|" * len(names),
+                            "| kernel | " + " | ".join(guests[n]["release"] or "?" for n in names) + " |"]
     for f in FEATURES:
         out.append("| %s | %s |" % (f, " | ".join(_mark(guests[n]["features"].get(f)) for n in names)))
     out += ["", "## Programs (outcome, counter after traffic)", ""]
@@ -175,13 +307,17 @@ def to_markdown(report):
             out.append("- %s, %s: %s" % (n, p, msg.replace("\n", " ")))
         for p, msg in guests[n]["failed"].items():
             out.append("- %s, %s FAILED: %s" % (n, p, msg.replace("\n", " ")))
+        for f in (guests[n].get("user") or {}).get("failures", []):
+            out.append("- %s, %s, task %s FAILED: %s" % (n, f["step"], f["task"], f["msg"].replace("\n", " ")))
+    if report.get("user") is not None:
+        out += user_markdown(report, names)
     out += ["", "## Guests", "", "| guest | kernel command line extra | accel | boot to SSH (s) | active LSMs |",
             "|---|---|---|---|---|"]
     for n in names:
         g = guests[n]
-        out.append("| %s | %s | %s | %s | %s |" % (n, g["cmdline"] or "-", g["accel"] or "?",
-                                                 g["boot_seconds"] if g["boot_seconds"] is not None else "?",
-                                                 ",".join(g["lsm"]) or "?"))
+        boot = g["boot_seconds"] if g["boot_seconds"] is not None else "?"
+        out.append("| %s | %s | %s | %s | %s |" % (n, g["cmdline"] or "-", g["accel"] or "?", boot,
+                                                   ",".join(g["lsm"]) or "?"))
     rolled = [n for n in names if guests[n].get("rollout")]
     if rolled:
         out += ["", "## Rollout (playbooks/rollout.yml on every guest at once, then reboot, then prune)", "",

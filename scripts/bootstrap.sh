@@ -8,10 +8,16 @@ cd "$top"
 APT_PACKAGES=(
   # loading and inspecting eBPF on this machine
   libbpf1 bpftool iproute2 iputils-ping kmod
+  # the tests: build renamed copies of the examples (clang, libbpf headers); the system python3's pyroute2
+  clang libbpf-dev python3-pyroute2
+  # the metrics tests scrape a real node_exporter on 127.0.0.1
+  prometheus-node-exporter
   # the kernel-matrix harness: guest images and qemu
   qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client
   # python venv
   python3-venv
+  # ansible-test sanity's shellcheck test (scripts/sanity.sh)
+  shellcheck
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -3,12 +3,20 @@
 # (create, prepare, converge, idempotence, verify, rollout = side_effect, destroy, each step timed), write docs/kernel-matrix.*.
 #   scripts/matrix.sh            the five Debian guests (scenario default)
 #   scripts/matrix.sh custom     a kernel you bring: HYPERMESH_GUEST_KERNEL=... (see docs/harness.md)
+#   scripts/matrix.sh user --programs DIR --playbook PLAY.yml [--verify V.yml] [--guests a,b] --out DIR
+#                                your programs and playbook, your report (scripts/matrix_user.sh)
 # Environment: HYPERMESH_CACHE (images, default /var/cache/hypermesh-ebpf), HYPERMESH_ACCEL=auto|kvm|tcg,
 # HYPERMESH_BOOT_JOBS (guests booted at once, default: number of cores), HYPERMESH_KEEP=1 (leave guests up).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-cd "$top"
 scenario=${1:-default}
+if [ "$scenario" = user ]; then  # its arguments checked (paths from your directory) before anything runs
+  shift
+  # shellcheck disable=SC1091
+  . "$top/scripts/matrix_user.sh"
+  user_args "$@"
+fi
+cd "$top"
 export PATH="$top/.venv/bin:$PATH"
 export HYPERMESH_CACHE=${HYPERMESH_CACHE:-/var/cache/hypermesh-ebpf}
 export PY_COLORS=0 ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1
@@ -68,7 +76,8 @@ trap cleanup EXIT
 
 step() {  # name command...
   local name=$1; shift
-  local s=$(date +%s.%N)
+  local s
+  s=$(date +%s.%N)
   echo "=== matrix: $name ($(date -u +%T))"
   set +e
   "$@" 2>&1 | tee "$run/$name.log"
@@ -81,25 +90,30 @@ step() {  # name command...
   if [ "$rc" -ne 0 ]; then
     echo "=== matrix: FAILED at step $name"
     # The guests named in the failure, with the end of their serial console.
-    for g in $(grep -oE '(fatal|failed|UNREACHABLE!?): \[[^]]+\]|guest [a-z0-9-]+: FAILED|^(FAILED|ERROR) .*::[a-z_]+\[[^]]*ansible://[a-z0-9-]+' "$run/$name.log" \
-               | grep -oE '\[[^]]+\]|guest [a-z0-9-]+|ansible://[a-z0-9-]+' | sed -e 's/^\[//' -e 's/\]$//' -e 's/^guest //' -e 's#ansible://##' | sort -u); do
+    while read -r g; do
       if [ -f "$HYPERMESH_STATE/$g/console.log" ]; then
         echo "----- guest $g failed at step $name; its console (last 40 lines):"
         tail -n 40 "$HYPERMESH_STATE/$g/console.log"
         echo "-----"
       fi
-    done
+    done < <(grep -oE '(fatal|failed|UNREACHABLE!?): \[[^]]+\]|guest [a-z0-9-]+: FAILED|^(FAILED|ERROR) .*::[a-z_]+\[[^]]*ansible://[a-z0-9-]+' "$run/$name.log" \
+               | grep -oE '\[[^]]+\]|guest [a-z0-9-]+|ansible://[a-z0-9-]+' | sed -e 's/^\[//' -e 's/\]$//' -e 's/^guest //' -e 's#ansible://##' | sort -u)
     return "$rc"
   fi
 }
 
-if [ "$scenario" = custom ]; then
-  suites=${HYPERMESH_GUEST_ROOTFS:-bookworm}
-else
-  suites="bullseye bookworm trixie sid"
+if [ "$scenario" = user ]; then
+  user_matrix
+  exit $?
 fi
-step harness_unit python -m pytest -q -p no:cacheprovider tests/harness
-step images python3 -m harness build $suites
+if [ "$scenario" = custom ]; then
+  read -r -a suites <<< "${HYPERMESH_GUEST_ROOTFS:-bookworm}"
+else
+  suites=(bullseye bookworm trixie sid)
+fi
+step images python3 -m harness build "${suites[@]}"
+# after the images: the harness tests boot one real guest from them
+step harness_unit python -m pytest -q tests/harness
 step destroy molecule destroy -s "$scenario"
 step create molecule create -s "$scenario"
 cp "$HYPERMESH_STATE/instances.json" "$run/instances.json"

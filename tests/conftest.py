@@ -22,8 +22,9 @@ def ansible_module(module, args=None, check=False, diff=False, env=None):
     """Run hypermesh.ebpf.<module> on localhost through `ansible`; return the module's result dict."""
     fq = module if "." in module else "hypermesh.ebpf." + module
     cmd = [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-c", "local",
-           "-i", "localhost,", "-m", fq, "-a", json.dumps(args or {}),
-           "-e", "ansible_python_interpreter=" + sys.executable]
+           "-i", "localhost,", "-m", fq, "-e", "ansible_python_interpreter=" + sys.executable]
+    if args:  # `-a {}` would be raw parameters, which a module without options refuses
+        cmd += ["-a", json.dumps(args)]
     if check:
         cmd.append("--check")
     if diff:
@@ -42,7 +43,7 @@ def ansible_module(module, args=None, check=False, diff=False, env=None):
     })
     if env:
         full_env.update(env)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=TOP)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=TOP, check=False)
     path = os.path.join(tree, "localhost")
     try:
         with open(path) as f:

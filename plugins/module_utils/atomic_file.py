@@ -13,14 +13,14 @@ import os
 import tempfile
 
 
-def write(path, data, mode=None):
-    """Write `data` (bytes) to `path` through a temporary file and rename; `mode` sets the permissions."""
+def write(path, data, mode=0o600):
+    """Write `data` (bytes) to `path` through a temporary file and rename. The file gets `mode` (set on the open
+    descriptor: never the mode of the file it replaces) and is ours: a link at `path` is replaced, not followed."""
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=os.path.dirname(os.path.abspath(path)))
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             f.write(data)
-        if mode is not None:
-            os.chmod(tmp, mode)
         os.rename(tmp, path)
     except BaseException:
         try:

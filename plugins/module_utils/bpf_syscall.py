@@ -189,7 +189,7 @@ class BpfError(OSError):
         super(BpfError, self).__init__(err, msg)
 
     def __str__(self):
-        return self.strerror
+        return str(self.strerror)
 
 
 _libc = None

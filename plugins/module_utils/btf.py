@@ -122,7 +122,7 @@ class Btf(object):
                 pos += 12
             elif kind in ("struct", "union"):
                 members = []
-                for _ in range(vlen):
+                for _member in range(vlen):
                     m_name, m_type, m_off = struct.unpack_from("<3I", raw, pos)
                     pos += 12
                     if kflag:
@@ -134,21 +134,21 @@ class Btf(object):
                 t["members"] = members
             elif kind == "enum":
                 vals = []
-                for _ in range(vlen):
+                for _member in range(vlen):
                     v_name, v_val = struct.unpack_from("<Ii", raw, pos)
                     pos += 8
                     vals.append((self.string(v_name), v_val))
                 t["values"] = vals
             elif kind == "enum64":
                 vals = []
-                for _ in range(vlen):
+                for _member in range(vlen):
                     v_name, lo, hi = struct.unpack_from("<3I", raw, pos)
                     pos += 12
                     vals.append((self.string(v_name), (hi << 32) | lo))
                 t["values"] = vals
             elif kind == "func_proto":
                 params = []
-                for _ in range(vlen):
+                for _member in range(vlen):
                     p_name, p_type = struct.unpack_from("<2I", raw, pos)
                     pos += 8
                     params.append({"name": self.string(p_name), "type": p_type})
@@ -158,7 +158,7 @@ class Btf(object):
                 pos += 4
             elif kind == "datasec":
                 secinfo = []
-                for _ in range(vlen):
+                for _member in range(vlen):
                     s_type, s_off, s_size = struct.unpack_from("<3I", raw, pos)
                     pos += 12
                     secinfo.append({"type": s_type, "offset": s_off, "size": s_size})

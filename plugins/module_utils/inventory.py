@@ -8,8 +8,9 @@ under which name, and the XDP / tc / tcx programs of every interface in the give
 - `managed_index(pin_root)`: {(kind, id): {"name", "pin"}} from the pins under `<pin_root>/<NAME>/...`
   (kind read from the pinned fd itself) and `<pin_root>/_shared/<map>` (name "_shared").
 - `programs()`, `maps()`, `links()`: info dicts from bpf_syscall, objects that vanish while listed are skipped.
-- `run_stats(seconds)`: context manager that turns program run-time stats on while it is open
-  (BPF_ENABLE_STATS, 5.8+, else the kernel.bpf_stats_enabled sysctl, put back after) and says which.
+- `run_stats(seconds, check_mode)`: context manager that turns program run-time stats on while it is open
+  (BPF_ENABLE_STATS, 5.8+; else, outside check mode only, the kernel.bpf_stats_enabled sysctl under the host
+  lock, put back after, even after a kill) and says which.
 - `wait_for_runs(names, pin_root, timeout)`: with stats on, poll the named managed programs until each has run
   (its run count grew) or the timeout passed; the health check of roles/ebpf_programs.
 - `interfaces(netns)`: [{"ifname", "ifindex", "netns", "xdp", "tc": {"ingress", "egress"}, "tcx": {...}}].
@@ -31,6 +32,7 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/hypermesh"
 SHARED = "_shared"
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
+STATS_MARKER = None  # None: bpf_stats_enabled.ours next to the host lock (a test points it elsewhere)
 _INFO = {"prog": bs.prog_info, "map": bs.map_info, "link": bs.link_info}
 _FDINFO_KIND = (("prog_type", "prog"), ("map_type", "map"), ("link_type", "link"))
 
@@ -48,8 +50,9 @@ def _pinned_kind(fd):
     return None
 
 
-def managed_index(pin_root=DEFAULT_PIN_ROOT):
-    """{(kind, id): {"name": managed name, "pin": path}} for every object pinned under pin_root."""
+def managed_index(pin_root=DEFAULT_PIN_ROOT, names=None):
+    """{(kind, id): {"name": managed name, "pin": path}} for every object pinned under pin_root (only under the
+    directories in `names` and `_shared` when names is given)."""
     index = {}
     if not os.path.isdir(pin_root):
         return index
@@ -57,7 +60,9 @@ def managed_index(pin_root=DEFAULT_PIN_ROOT):
         rel = os.path.relpath(root, pin_root)
         if rel == ".":
             continue
-        name = rel.split(os.sep)[0]
+        name = rel.split(os.sep, 1)[0]
+        if names is not None and name != SHARED and name not in names:
+            continue
         for fname in files:
             path = os.path.join(root, fname)
             try:
@@ -128,35 +133,82 @@ def _write_sysctl(value):
         f.write(value)
 
 
-@contextmanager
-def run_stats(seconds=0):
-    """Program run counters on while the block runs (after `seconds` of counting). Yields how:
-    {"method": "bpf_enable_stats" | "sysctl" | "already_enabled", "seconds": seconds}."""
-    how = {"seconds": seconds}
-    fd = None
-    restore = None
+def _sysctl_on():
     try:
-        if _read_sysctl() != "0":
-            how["method"] = "already_enabled"
+        return _read_sysctl() != "0"
     except (IOError, OSError):
-        pass
-    if "method" not in how:
-        try:
-            fd = bs.enable_stats()
-            how["method"] = "bpf_enable_stats"
-        except OSError:
-            _write_sysctl("1")  # kernels before 5.8: the sysctl, put back in `finally`
-            restore = "0"
-            how["method"] = "sysctl"
+        return False
+
+
+def _host_lock():
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock
+    return lock.HostLock()
+
+
+def _marker_path():
+    """Where the sysctl fallback notes that it turned statistics on (next to the host lock, root only)."""
+    if STATS_MARKER:
+        return STATS_MARKER
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock
+    return os.path.join(os.path.dirname(lock.LOCK_PATH), "bpf_stats_enabled.ours")
+
+
+def _put_back_left_on():
+    """A run killed while the sysctl fallback had statistics on left its marker: put the sysctl back to 0."""
+    marker = _marker_path()
+    if os.path.lexists(marker):
+        _write_sysctl("0")
+        os.unlink(marker)
+
+
+def _sleep(seconds):
+    if seconds:
+        time.sleep(seconds)
+
+
+@contextmanager
+def run_stats(seconds=0, check_mode=False):
+    """Program run counters on while the block runs (after `seconds` of counting). Yields how:
+    {"method": ..., "seconds": seconds}. Methods:
+      bpf_enable_stats   BPF_ENABLE_STATS (5.8+): on while our fd is open, off when the process ends, even killed
+      sysctl             kernels before 5.8: kernel.bpf_stats_enabled set to 1 under the host lock and put back
+                         to 0 afterwards; a marker next to the lock lets the next run put it back after a kill
+      already_enabled    the sysctl was on already (someone else's): nothing touched
+      not_enabled_check_mode  check mode on a kernel without BPF_ENABLE_STATS: the sysctl is not written, so the
+                         counts are whatever the kernel has"""
+    how = {"seconds": seconds}
     try:
-        if seconds:
-            time.sleep(seconds)
-        yield how
-    finally:
-        if fd is not None:
+        fd = bs.enable_stats()
+    except OSError:
+        fd = None
+    if fd is not None:
+        how["method"] = "bpf_enable_stats"
+        try:
+            _sleep(seconds)
+            yield how
+        finally:
             bs.close(fd)
-        if restore is not None:
-            _write_sysctl(restore)
+    elif check_mode:
+        how["method"] = "already_enabled" if _sysctl_on() else "not_enabled_check_mode"
+        _sleep(seconds)
+        yield how
+    else:
+        with _host_lock():
+            _put_back_left_on()
+            if _sysctl_on():
+                how["method"] = "already_enabled"
+                _sleep(seconds)
+                yield how
+                return
+            from ansible_collections.hypermesh.ebpf.plugins.module_utils import atomic_file
+            atomic_file.write(_marker_path(), b"kernel.bpf_stats_enabled=1 by hypermesh.ebpf ebpf_info\n", 0o600)
+            _write_sysctl("1")
+            how["method"] = "sysctl"
+            try:
+                _sleep(seconds)
+                yield how
+            finally:
+                _put_back_left_on()
 
 
 def _open_managed_progs(names, pin_root):
@@ -224,18 +276,21 @@ def interfaces(netns=None):
     return out
 
 
-def collect(pin_root=DEFAULT_PIN_ROOT, netns=None, stats=False, stats_seconds=0, wait_for=None):
+def collect(pin_root=DEFAULT_PIN_ROOT, netns=None, stats=False, stats_seconds=0, wait_for=None, check_mode=False):
     """Everything ebpf_info returns. netns: list of namespace names (the current one is always included).
-    wait_for: managed program names to wait for (stats on, at most stats_seconds), see wait_for_runs."""
-    index = managed_index(pin_root)
+    wait_for: managed program names to wait for (stats on, at most stats_seconds), see wait_for_runs.
+    Managed means: a directory under pin_root with a state record of ours (program_state.managed_names)."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state
+    names = program_state.managed_names(pin_root)
+    index = managed_index(pin_root, names)
     result = {}
     if wait_for:
-        with run_stats(0) as how:
+        with run_stats(0, check_mode) as how:
             how.update(wait_for_runs(wait_for, pin_root, stats_seconds))
             progs = programs()
         result["stats"] = how
     elif stats:
-        with run_stats(stats_seconds) as how:
+        with run_stats(stats_seconds, check_mode) as how:
             progs = programs()
         result["stats"] = how
     else:
@@ -247,5 +302,5 @@ def collect(pin_root=DEFAULT_PIN_ROOT, netns=None, stats=False, stats_seconds=0,
     for ns in [None] + list(netns or []):
         ifaces.extend(interfaces(ns))
     result["interfaces"] = ifaces
-    result["managed_names"] = sorted(set(v["name"] for v in index.values()))
+    result["managed_names"] = names
     return result

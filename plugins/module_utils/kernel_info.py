@@ -214,7 +214,8 @@ def read_in_private_mount(fstype, mount_point, rel_file):
     cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", fstype, mount_point,
            rel_file]
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # module_utils importable without ansible (the boot-time re-apply): no AnsibleModule.run_command here
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,  # pylint: disable=ansible-bad-function
                                 env={"LANG": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     except OSError as exc:
         raise OSError(exc.errno, "cannot run unshare: %s" % exc.strerror)

@@ -193,6 +193,12 @@ def raise_memlock():
         pass
 
 
+def _text(raw):
+    """A name or path from the ELF object: bytes that are not UTF-8 kept as surrogate escapes (no exception
+    here; program_spec.check_elf_names refuses such names with a message)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
 class BpfObject(object):
     """An ELF object opened by libbpf. Use as a context manager; close() frees libbpf's fds.
 
@@ -247,13 +253,13 @@ class BpfObject(object):
     def _prog_ptrs(self):
         out = {}
         for p in self._iter("program"):
-            out[self.lib.bpf_program__name(p).decode()] = p
+            out[_text(self.lib.bpf_program__name(p))] = p
         return out
 
     def programs(self):
         """[{"name": function name, "section": ELF section}] in object order."""
-        return [{"name": self.lib.bpf_program__name(p).decode(),
-                 "section": (self.lib.bpf_program__section_name(p) or b"").decode()}
+        return [{"name": _text(self.lib.bpf_program__name(p)),
+                 "section": _text(self.lib.bpf_program__section_name(p) or b"")}
                 for p in self._iter("program")]
 
     def select(self, name, attach_target=None):
@@ -310,14 +316,14 @@ class BpfObject(object):
                 d = {"type": md.type, "key_size": md.key_size, "value_size": md.value_size,
                      "max_entries": md.max_entries, "map_flags": md.map_flags}
             pin = self._pin_path(m)
-            d.update(name=lib.bpf_map__name(m).decode(), pin_path=pin.decode() if pin else None)
+            d.update(name=_text(lib.bpf_map__name(m)), pin_path=_text(pin) if pin else None)
             out.append(d)
         return out
 
     def reuse_map(self, name, fd):
         """Before load: make map `name` use the existing map behind fd (its contents survive a replace)."""
         for m in self._iter("map"):
-            if self.lib.bpf_map__name(m).decode() == name:
+            if _text(self.lib.bpf_map__name(m)) == name:
                 rc = self.lib.bpf_map__reuse_fd(m, fd)
                 if rc:
                     err = abs(rc)
@@ -330,10 +336,10 @@ class BpfObject(object):
         out = []
         for m in self._iter("map"):
             pin = self._pin_path(m)
-            out.append({"name": self.lib.bpf_map__name(m).decode(),
+            out.append({"name": _text(self.lib.bpf_map__name(m)),
                         "fd": self.lib.bpf_map__fd(m),
                         "pinned": bool(self.lib.bpf_map__is_pinned(m)),
-                        "pin_path": pin.decode() if pin else None})
+                        "pin_path": _text(pin) if pin else None})
         return out
 
 

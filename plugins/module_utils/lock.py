@@ -1,19 +1,43 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The host-wide lock: /run/lock/hypermesh-ebpf.lock (flock), taken by every module that changes state,
-so two runs on one host never interleave. The kernel drops it when the process dies (even on SIGKILL).
+"""The host-wide lock: /run/hypermesh-ebpf/lock (flock), taken by every module that changes state, so two runs
+on one host never interleave. The kernel drops it when the process dies (even on SIGKILL).
+
+The lock file lives in a private directory of its own (made 0700 by root, checked with lstat: ours, no
+group/other bits, no symbolic link; see host_paths.private_dir), never in a world-writable one such as /run/lock:
+flock works on a read-only descriptor, so any user who can open the file can hold the lock and stall every run.
 Importable without ansible.
 """
 import errno
 import fcntl
 import os
+import stat
 import time
 
-LOCK_PATH = "/run/lock/hypermesh-ebpf.lock"
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import host_paths
+
+LOCK_DIR = "/run/hypermesh-ebpf"
+LOCK_PATH = LOCK_DIR + "/lock"
 
 
 class LockTimeout(Exception):
     pass
+
+
+def _open(path):
+    """The lock file, opened without following a link; it must be a regular file of ours."""
+    host_paths.private_dir(os.path.dirname(path))
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise host_paths.UnsafePath(path, "is a symbolic link")
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise host_paths.UnsafePath(path, "is not a regular file of uid %d" % os.geteuid())
+    return fd
 
 
 class HostLock(object):
@@ -25,10 +49,7 @@ class HostLock(object):
         self.fd = None
 
     def __enter__(self):
-        d = os.path.dirname(self.path)
-        if not os.path.isdir(d):
-            os.makedirs(d, 0o755)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.fd = _open(self.path)
         deadline = time.time() + self.timeout
         while True:
             try:

@@ -11,15 +11,18 @@ File forms read by `load_entries(path)`:
   JSON object    {"K": V, ...}, as ebpf_map_info writes with entries_as=dict; or {"entries": <list or object>},
                  ebpf_map_info's own result (a registered result saved with `copy: content=...`)
   lines          one entry a line, `KEY` or `KEY VALUE` (or `KEY,VALUE`); blank lines and `#` comments skipped
-A file whose first non-blank character is `[` or `{` is JSON, anything else is lines.
+A file whose first non-blank character is `[` or `{` is JSON, anything else is lines. A src must be a regular
+file of at most SRC_MAX_BYTES (64 MiB) that only its owner (root or the module's user) can write.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
 import json
 import os
+import stat
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import atomic_file
 
@@ -27,6 +30,9 @@ try:
     from json.encoder import encode_basestring_ascii as _quote  # the C function json.dumps uses for str
 except ImportError:  # pragma: no cover
     _quote = json.dumps
+
+
+SRC_MAX_BYTES = 64 << 20  # a src file bigger than this is refused (1M entries of a few dozen bytes fit)
 
 
 class EntriesFileError(ValueError):
@@ -61,13 +67,32 @@ def _entries_from_lines(text, path):
     return entries
 
 
-def load_entries(path):
-    """The entries a src file holds, as [{key, value}] (see the module docstring for the forms)."""
+def _read_src(path):
+    """The bytes of src: a regular file of at most SRC_MAX_BYTES that nobody but its owner (root or us) can
+    write; read with that bound, so a device (/dev/zero), a FIFO or a huge file is refused, not read whole."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except (IOError, OSError) as e:
         raise EntriesFileError("cannot read src %s: %s" % (path, os.strerror(e.errno or 0)))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise EntriesFileError("src %s is not a regular file" % path)
+        if st.st_mode & 0o022 or st.st_uid not in (0, os.geteuid()):
+            raise EntriesFileError("src %s can be written by other users (owner uid %d, mode %04o): refusing to "
+                                   "read it" % (path, st.st_uid, st.st_mode & 0o7777))
+        if st.st_size > SRC_MAX_BYTES:
+            raise EntriesFileError("src %s is %d bytes, more than the limit of %d" % (path, st.st_size,
+                                                                                      SRC_MAX_BYTES))
+        raw = f.read(SRC_MAX_BYTES + 1)
+    if len(raw) > SRC_MAX_BYTES:
+        raise EntriesFileError("src %s grew past the limit of %d bytes while read" % (path, SRC_MAX_BYTES))
+    return raw
+
+
+def load_entries(path):
+    """The entries a src file holds, as [{key, value}] (see the module docstring for the forms)."""
+    raw = _read_src(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -105,24 +130,45 @@ def entries_json(keys, values, per_cpu=None, as_dict=False):
     return "[" + ", ".join(['{"key": %s, "value": %s}' % kv for kv in zip(ks, vs)]) + "]"
 
 
+DEST_MODE = 0o644  # a dump is root's file with this mode, whatever the file it replaces had
+
+
+def _dest_content(path):
+    """What dest holds now (bytes), or None when there is no file or the file is not root's own with DEST_MODE
+    (so it is written again). Opened with O_NOFOLLOW|O_NONBLOCK: a link or a non-regular file is refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        if e.errno == errno.ELOOP:
+            raise EntriesFileError("dest %s is a symbolic link: refusing to write through it (nothing written)"
+                                   % path)
+        raise EntriesFileError("cannot read dest %s: %s" % (path, os.strerror(e.errno or 0)))
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise EntriesFileError("dest %s is a directory" % path)
+        raise EntriesFileError("dest %s is not a regular file (a FIFO, socket or device): not replaced" % path)
+    with os.fdopen(fd, "rb") as f:
+        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != DEST_MODE:
+            return None
+        return f.read()
+
+
 def write_if_changed(path, text, check_mode=False):
     """Write `text` to `path` (atomically: a temporary file in the same directory, then rename) unless the file
-    already holds exactly that. Returns True when the file was (or, in check mode, would be) changed."""
+    already holds exactly that and is ours with DEST_MODE. Returns True when the file was (or, in check mode,
+    would be) changed. The new file is always ours with DEST_MODE (a file another user prepared there is
+    replaced, not reused)."""
     data = text.encode("utf-8")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise EntriesFileError("dest %s: directory %s does not exist" % (path, directory))
-    if os.path.isdir(path):
-        raise EntriesFileError("dest %s is a directory" % path)
-    mode = 0o644
-    try:
-        with open(path, "rb") as f:
-            if f.read() == data:
-                return False
-            mode = os.fstat(f.fileno()).st_mode & 0o7777
-    except (IOError, OSError):
-        pass
+    if _dest_content(path) == data:
+        return False
     if check_mode:
         return True
-    atomic_file.write(path, data, mode)
+    atomic_file.write(path, data, DEST_MODE)
     return True

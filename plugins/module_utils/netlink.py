@@ -186,10 +186,11 @@ class _TcMsg(nlmsg):
                ("TCA_OPTIONS", "get_options"))
 
     @staticmethod
-    def get_options(self, *argv, **kwarg):
-        if self.get_attr("TCA_KIND") == "bpf":
-            return self.bpf_options
-        return self.hex
+    def get_options(msg, *argv, **kwarg):
+        """The nla class of TCA_OPTIONS; pyroute2 calls it with the message being decoded (TCA_KIND read)."""
+        if msg.get_attr("TCA_KIND") == "bpf":
+            return msg.bpf_options
+        return msg.hex
 
     class bpf_options(nla):
         nla_flags = NLA_F_NESTED
@@ -463,6 +464,10 @@ def _set_xdp(ipr, index, fd, flags, expected_fd, what):
     _request(ipr, _xdp_msg(index, fd, flags, expected_fd), RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, what)
 
 
+def _attached_text(prog_id):
+    return ("program id %d" % prog_id) if prog_id else "none"
+
+
 def _set_xdp_expecting(ipr, index, fd, flags, expected_id, ifname, netns, what):
     """Set XDP only while program `expected_id` is the one attached: atomically with XDP_FLAGS_REPLACE (5.7+),
     else after checking it (older kernels reject the flag with EINVAL; a plain set still swaps atomically)."""
@@ -478,7 +483,7 @@ def _set_xdp_expecting(ipr, index, fd, flags, expected_id, ifname, netns, what):
         if exc.errno == errno.EEXIST:
             current = _xdp_state(ipr, index, ifname, netns)
             raise NetlinkError("%s: program id %d is no longer the one attached (now: %s)"
-                               % (what, expected_id, current["prog_id"] or "none"), exc.errno)
+                               % (what, expected_id, _attached_text(current["prog_id"])), exc.errno)
         if exc.errno != errno.EINVAL:
             raise
     finally:
@@ -486,20 +491,35 @@ def _set_xdp_expecting(ipr, index, fd, flags, expected_id, ifname, netns, what):
     current = _xdp_state(ipr, index, ifname, netns)
     if current["prog_id"] != expected_id:
         raise NetlinkError("%s: program id %d is no longer the one attached (now: %s)"
-                           % (what, expected_id, current["prog_id"] or "none"), errno.EEXIST)
+                           % (what, expected_id, _attached_text(current["prog_id"])), errno.EEXIST)
     _set_xdp(ipr, index, fd, flags, None, what)
+
+
+def _set_xdp_if_free(ipr, index, fd, flags, ifname, netns, what):
+    """Set XDP only while no program is attached (XDP_FLAGS_UPDATE_IF_NOEXIST): one attached since the caller
+    read the slot is refused by the kernel, never replaced."""
+    try:
+        _set_xdp(ipr, index, fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST, None, what)
+    except NetlinkError as exc:
+        if exc.errno not in (errno.EBUSY, errno.EEXIST):
+            raise
+        now = _xdp_state(ipr, index, ifname, netns)
+        if not now["prog_id"]:
+            raise
+        raise NetlinkError("%s: the slot was free when read, and program id %d is attached now: not replacing it"
+                           % (what, now["prog_id"]), errno.EEXIST)
 
 
 def _explain_xdp_refusal(ipr, index, ifname, netns, exc):
     """Say what is in the way when the kernel refuses with EEXIST/EBUSY (pyroute2 0.5.14 does not pass the
     kernel's own explanation on)."""
-    if exc.errno not in (errno.EEXIST, errno.EBUSY) or "no longer the one attached" in str(exc):
+    if exc.errno not in (errno.EEXIST, errno.EBUSY) or "no longer the one attached" in str(exc) \
+            or "not replacing it" in str(exc):
         return exc
     now = _xdp_state(ipr, index, ifname, netns)
     held = ", ".join("program id %d in %s mode" % (p, m) for m, p in sorted(now["modes"].items()))
-    return NetlinkError("%s; attached now: %s%s" % (exc, held or "nothing",
-                                                   " (held by a bpf link)" if exc.errno == errno.EBUSY else ""),
-                        exc.errno)
+    by_link = " (held by a bpf link)" if exc.errno == errno.EBUSY else ""
+    return NetlinkError("%s; attached now: %s%s" % (exc, held or "nothing", by_link), exc.errno)
 
 
 def xdp_attach(ifname, prog_fd, mode="auto", netns=None, replace_prog_id=None):
@@ -518,7 +538,7 @@ def xdp_attach(ifname, prog_fd, mode="auto", netns=None, replace_prog_id=None):
             if replace_prog_id is None:
                 _set_xdp(ipr, index, prog_fd, flags, None, what)
             elif replace_prog_id == 0:
-                _set_xdp(ipr, index, prog_fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST, None, what)
+                _set_xdp_if_free(ipr, index, prog_fd, flags, ifname, netns, what)
             else:
                 _set_xdp_expecting(ipr, index, prog_fd, flags, replace_prog_id, ifname, netns, what)
         except NetlinkError as exc:
@@ -633,9 +653,12 @@ def tc_query(ifname, direction, netns=None):
         return _filters(ipr, index, direction, ifname, netns)
 
 
-def tc_attach(ifname, direction, prog_fd, priority=1, handle=1, name="", netns=None):
+def tc_attach(ifname, direction, prog_fd, priority=1, handle=1, name="", netns=None, expected_prog_id=None):
     """Attach SCHED_CLS program `prog_fd` as a direct-action cls_bpf filter at (priority, handle) of the clsact
     `direction` hook; adds clsact when absent. A filter already at (priority, handle) is replaced in one step.
+    expected_prog_id: None replaces whatever is there; 0 only creates (NLM_F_EXCL: the kernel refuses when a
+    filter appeared there meanwhile); an id replaces only while that program is the one found there (checked
+    just before the request: tc has no compare-and-swap).
     Returns {"created_qdisc": bool, "previous_prog_id": id of the replaced program or 0}."""
     _check_direction(direction)
     info = _filter_info(priority)
@@ -651,7 +674,11 @@ def tc_attach(ifname, direction, prog_fd, priority=1, handle=1, name="", netns=N
         if kind:
             for flt in _filters(ipr, index, direction, ifname, netns):
                 if flt["priority"] == priority and flt["handle"] == handle:
-                    previous = flt["prog_id"]
+                    previous = flt["prog_id"] or -1  # -1: a filter that is not bpf
+        if expected_prog_id is not None and previous != expected_prog_id:
+            raise NetlinkError("not attaching tc %s filter (priority %d, handle %d) to %s: expected %s there, "
+                               "found %s" % (direction, priority, handle, where, _slot_text(expected_prog_id),
+                                             _slot_text(previous)), errno.EEXIST)
         created = False
         if kind is None:
             _request(ipr, _tc_msg(index, TC_H_CLSACT, CLSACT_HANDLE, kind="clsact"), RTM_NEWQDISC,
@@ -662,15 +689,24 @@ def tc_attach(ifname, direction, prog_fd, priority=1, handle=1, name="", netns=N
             options.append(("TCA_BPF_NAME", name))
         options.append(("TCA_BPF_FLAGS", TCA_BPF_FLAG_ACT_DIRECT))
         msg = _tc_msg(index, TC_PARENTS[direction], handle, info, "bpf", options)
+        mode = NLM_F_EXCL if expected_prog_id == 0 else NLM_F_REPLACE
         try:
-            _request(ipr, msg, RTM_NEWTFILTER, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            _request(ipr, msg, RTM_NEWTFILTER, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | mode,
                      "attaching tc %s filter (priority %d, handle %d) to %s" % (direction, priority, handle, where))
         except NetlinkError:
             if created:     # leave the host as it was
                 _request(ipr, _tc_msg(index, TC_H_CLSACT, CLSACT_HANDLE, kind="clsact"), RTM_DELQDISC,
                          NLM_F_REQUEST | NLM_F_ACK, "removing clsact qdisc from %s" % where)
             raise
-        return {"created_qdisc": created, "previous_prog_id": previous}
+        return {"created_qdisc": created, "previous_prog_id": max(previous, 0)}
+
+
+def _slot_text(prog_id):
+    if prog_id == 0:
+        return "no filter"
+    if prog_id < 0:
+        return "a filter that is not bpf"
+    return "program id %d" % prog_id
 
 
 def tc_detach(ifname, direction, priority, handle, netns=None, remove_qdisc_if_empty=False):

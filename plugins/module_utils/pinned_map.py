@@ -41,6 +41,12 @@ class MapError(Exception):
     """A map that cannot be opened, read or written; the message says which and why."""
 
 
+def _is_pin_name(value):
+    """One path component of printable ASCII (what ebpf_program pins: program names, map names)."""
+    return bool(value) and all(0x21 <= ord(c) <= 0x7e for c in value) and "/" not in value \
+        and value not in (".", "..")
+
+
 def map_path(path=None, name=None, map_name=None, pin_root=DEFAULT_PIN_ROOT):
     """The pinned path of a map: `path` as given, else the program NAME's map (or the shared one).
 
@@ -49,6 +55,10 @@ def map_path(path=None, name=None, map_name=None, pin_root=DEFAULT_PIN_ROOT):
         return path
     if not (name and map_name):
         raise MapError("give either path, or name (an ebpf_program's name) and map")
+    for option, value in (("name", name), ("map", map_name)):
+        if not _is_pin_name(value):
+            raise MapError("%s %r is not valid: a name of printable ASCII without '/', and not '.' or '..'"
+                           % (option, value))
     own = os.path.join(pin_root, name, "maps", map_name)
     shared = os.path.join(pin_root, "_shared", map_name)
     if os.path.exists(own):

@@ -117,13 +117,11 @@ class _Host(object):
 
     @property
     def lockdown(self):
-        return self._get("lockdown", lambda: kernel_info.lockdown(self.root, self.caps,
-                                                                          self.allow_private_mount))
+        return self._get("lockdown", lambda: kernel_info.lockdown(self.root, self.caps, self.allow_private_mount))
 
     @property
     def lsms(self):
-        return self._get("lsms", lambda: kernel_info.active_lsms(self.root, self.caps,
-                                                                          self.allow_private_mount))
+        return self._get("lsms", lambda: kernel_info.active_lsms(self.root, self.caps, self.allow_private_mount))
 
     @property
     def btf(self):

@@ -149,18 +149,20 @@ def is_attached(spec, prog_id, link):
     return bool(link) and link.get("prog_id") == prog_id and link_matches(spec, link)
 
 
-def attach_netlink(spec, prog_fd, replace_prog_id, name):
-    """Attach through netlink, replacing replace_prog_id atomically when given."""
-    if spec["type"] == "xdp":
-        nl = _netlink()
-        try:
+def attach_netlink(spec, prog_fd, expected_prog_id, name):
+    """Attach through netlink, taking the slot only as the caller read it: expected_prog_id 0 means "the slot is
+    free" (the kernel refuses if a program was attached meanwhile), an id means "that program holds it" (XDP:
+    replaced atomically only while it does; tc: checked just before the replace, tc has no compare-and-swap)."""
+    nl = _netlink()
+    try:
+        if spec["type"] == "xdp":
             nl.xdp_attach(spec["interface"], prog_fd, mode=spec.get("mode", "auto"), netns=spec.get("netns"),
-                          replace_prog_id=replace_prog_id or None)
-        except nl.NetlinkError as e:
-            raise AttachError(str(e))
-    else:
-        _netlink().tc_attach(spec["interface"], spec["direction"], prog_fd, priority=spec["priority"], handle=TC_HANDLE,
-                     name=name, netns=spec.get("netns"))
+                          replace_prog_id=expected_prog_id)
+        else:
+            nl.tc_attach(spec["interface"], spec["direction"], prog_fd, priority=spec["priority"], handle=TC_HANDLE,
+                         name=name, netns=spec.get("netns"), expected_prog_id=expected_prog_id)
+    except nl.NetlinkError as e:
+        raise AttachError(str(e))
 
 
 def _target_gone(spec):

@@ -29,7 +29,7 @@ ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["attached", "loaded", "absent"], default="attached"),
     attach=dict(type="dict", options=dict(
         xdp=dict(type="dict", options=dict(_IF, mode=dict(type="str", default="auto",
-                                                         choices=["auto", "generic", "native", "offload"]))),
+                                                          choices=["auto", "generic", "native", "offload"]))),
         tc=dict(type="dict", options=dict(_IF, direction=dict(type="str", choices=["ingress", "egress"],
                                                               default="ingress"),
                                           priority=dict(type="int", default=1))),
@@ -110,6 +110,7 @@ class ProgramRun(object):
             programs = record["programs"]
         else:
             programs = self._open().programs()
+            spec_mod.check_elf_names(p["object"], programs)
         self.chosen = spec_mod.choose_program(programs, p["program"], p["object"])
         try:
             spec = spec_mod.normalize(p["attach"], self.chosen["section"])
@@ -126,6 +127,7 @@ class ProgramRun(object):
         """Before a change (and in check mode, to predict it): open the object with libbpf, select the program,
         check that the attach target exists. Changes nothing."""
         obj = self._open()
+        spec_mod.check_elf_names(self.p["object"], obj.programs(), obj.map_defs())  # before any pin
         retarget = spec_mod.retarget(self.spec, self.chosen["section"]) if self.spec else None
         obj.select(self.chosen["name"], attach_target=retarget)
         if self.p["state"] == "attached":

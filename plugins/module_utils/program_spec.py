@@ -52,6 +52,37 @@ def check_name(name):
     return name
 
 
+ELF_NAME_MAX = 255
+
+
+def _elf_name_problem(name):
+    """Why a program or map name read from an ELF object cannot be used for pins and records, or None."""
+    if not name or len(name) > ELF_NAME_MAX:
+        return "is empty or longer than %d characters" % ELF_NAME_MAX
+    if any(not 0x21 <= ord(c) <= 0x7e for c in name):
+        return "is not printable ASCII (bytes that are not UTF-8, spaces or control characters)"
+    if "/" in name or name in (".", ".."):
+        return "would be a path, not a name ('/', '.' or '..')"
+    return None
+
+
+def _shown(name):
+    """A name for a message: non-ASCII and undecodable bytes (surrogate escapes) as \\x.. escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+
+
+def check_elf_names(path, programs, map_defs=()):
+    """Refuse an object whose program or map names could not be pinned safely, before any pin is made (libbpf
+    pins maps of LIBBPF_PIN_BY_NAME at <pin_root>/_shared/<name> during load). programs: [{"name"}] and
+    map_defs: [{"name"}] as libbpf read them (undecodable bytes kept as surrogate escapes)."""
+    for kind, items in (("program", programs), ("map", map_defs)):
+        for item in items:
+            problem = _elf_name_problem(item["name"])
+            if problem:
+                raise SpecError("object %s: %s name '%s' %s: refusing the object, nothing changed"
+                                % (_shown(path), kind, _shown(item["name"]), problem))
+
+
 def _fs_type(path):
     libc = ctypes.CDLL(None, use_errno=True)  # the libc already loaded (find_library forks ldconfig)
     buf = ctypes.create_string_buffer(256)
@@ -112,7 +143,7 @@ def choose_program(programs, wanted, path):
 
 def from_section(section):
     """The attach point an ELF section implies, or (kind, partial dict) for kinds that need user parameters."""
-    head, _, rest = section.partition("/")
+    head, _sep, rest = section.partition("/")
     if head in ("tracepoint", "tp") and rest:
         return {"type": "tracepoint", "target": rest}
     if head in ("raw_tracepoint", "raw_tp", "raw_tracepoint.w", "raw_tp.w") and rest:

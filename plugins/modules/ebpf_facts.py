@@ -30,7 +30,7 @@ description:
     system call (kernel 6.8+) or mounts the file system in a private mount namespace of a short-lived
     C(unshare) child (needs CAP_SYS_ADMIN, see O(private_mounts)). The host's mount table is never changed.
 version_added: "0.1.0"
-author: hypermesh engineers
+author: hypermesh engineers (@hypermesh)
 options:
   gather:
     description:

@@ -14,16 +14,22 @@ description:
   - Lists every BPF program, link and map the kernel holds (what C(bpftool prog show), C(bpftool link show) and
     C(bpftool map show) list), read through bpf(2) (C(BPF_*_GET_NEXT_ID), C(BPF_OBJ_GET_INFO_BY_FD)).
   - Each object is flagged RV(programs[].managed) when it is pinned under O(pin_root) by this collection, with
-    the managed program's name (RV(programs[].managed_name); maps pinned by name show C(_shared)).
+    the managed program's name (RV(programs[].managed_name); maps pinned by name show C(_shared)). A program is
+    managed when C(<pin_root>/<name>/) exists and this collection holds a state record for it under that
+    O(pin_root); directories other tools pinned there (and C(_shared)) are not managed.
   - Lists the XDP, tc (cls_bpf) and tcx programs of every interface, in this network namespace and in each
     namespace of O(netns).
   - Program run counts and run time (RV(programs[].run_cnt), RV(programs[].run_time_ns)) only grow while the
     kernel's BPF statistics are on. With O(stats=true) they are turned on for O(stats_seconds) and while the
-    programs are read, through C(BPF_ENABLE_STATS) (kernel 5.8+; off again when the module closes its fd) or,
-    on older kernels, the C(kernel.bpf_stats_enabled) sysctl, put back to 0 afterwards. RV(stats.method) says
-    which (C(already_enabled) when the sysctl was already on and nothing was touched).
+    programs are read, through C(BPF_ENABLE_STATS) (kernel 5.8+; off again when the module's fd is closed,
+    also when the process is killed) or, on older kernels and outside check mode only, the
+    C(kernel.bpf_stats_enabled) sysctl, set under the host-wide lock and put back to 0 afterwards (a run
+    killed meanwhile leaves a marker next to the lock, and the next such run puts the sysctl back first).
+    In check mode the module writes nothing. RV(stats.method) says how (C(bpf_enable_stats), C(sysctl),
+    C(already_enabled) when the sysctl was already on and nothing was touched, C(not_enabled_check_mode) when
+    check mode left the sysctl alone on a kernel without C(BPF_ENABLE_STATS)).
 version_added: "0.1.0"
-author: hypermesh engineers
+author: hypermesh engineers (@hypermesh)
 options:
   pin_root:
     description: The bpffs directory managed programs are pinned under.
@@ -86,6 +92,49 @@ programs:
   sample: [{id: 42, type_name: xdp, name: xdp_blocklist, tag: 0123456789abcdef, run_cnt: 10,
             run_time_ns: 12345, map_ids: [7, 8], managed: true, managed_name: blocklist,
             pin: /sys/fs/bpf/hypermesh/blocklist/prog}]
+  contains:
+    id:
+      description: The kernel's id of the program.
+      type: int
+      returned: always
+    type_name:
+      description: The program type (C(xdp), C(sched_cls), C(tracepoint), ...; the number for a type this module
+        does not know).
+      type: str
+      returned: always
+    name:
+      description: The program's name (the kernel keeps 15 characters of it).
+      type: str
+      returned: always
+    tag:
+      description: The kernel's tag of the program's instructions (hex).
+      type: str
+      returned: always
+    map_ids:
+      description: Ids of the maps the program uses.
+      type: list
+      elements: int
+      returned: always
+    run_cnt:
+      description: How often the program ran while the kernel's BPF statistics were on.
+      type: int
+      returned: always
+    run_time_ns:
+      description: Nanoseconds the program ran while the kernel's BPF statistics were on.
+      type: int
+      returned: always
+    managed:
+      description: Whether the program is managed by this collection (see above).
+      type: bool
+      returned: always
+    managed_name:
+      description: The managed program's name, C(null) when not managed.
+      type: str
+      returned: always
+    pin:
+      description: Where the program is pinned under O(pin_root), C(null) when not managed.
+      type: str
+      returned: always
 maps:
   description: Every map, flagged like RV(programs).
   returned: always
@@ -105,7 +154,8 @@ interfaces:
   sample: [{ifname: veth0, ifindex: 5, netns: blue, xdp: {prog_id: 42, mode: generic},
             tc: {ingress: [], egress: []}, tcx: {ingress: [], egress: []}}]
 managed_names:
-  description: Names of the managed programs found under O(pin_root).
+  description: Names of the managed programs under O(pin_root) (a directory there and a state record of ours;
+    never C(_shared), never another tool's directory).
   returned: always
   type: list
   elements: str
@@ -116,6 +166,15 @@ stats:
   sample: {method: bpf_enable_stats, seconds: 0, ran: {openat: 212, sched: 0}, stalled: [sched], missing: [],
            waited: 30.0}
   contains:
+    method:
+      description: How statistics were on (bpf_enable_stats, sysctl, already_enabled, not_enabled_check_mode).
+      type: str
+      returned: always
+    seconds:
+      description: Seconds statistics were on before the programs were read (O(stats_seconds); 0 with
+        O(wait_for_runs), whose wait is RV(stats.waited)).
+      type: float
+      returned: always
     ran:
       description: With O(wait_for_runs), runs counted during the wait, per program.
       type: dict
@@ -163,7 +222,7 @@ def main():
             module.fail_json(msg="network namespace %s does not exist (/run/netns/%s)" % (ns, ns))
     try:
         result = inventory.collect(p["pin_root"], p["netns"], p["stats"], p["stats_seconds"],
-                                   wait_for=p["wait_for_runs"])
+                                   wait_for=p["wait_for_runs"], check_mode=module.check_mode)
     except Exception as e:  # report, do not traceback: any kernel/netlink error here is the host's state
         module.fail_json(msg="reading the host's BPF objects failed: %s" % e)
     module.exit_json(changed=False, **result)

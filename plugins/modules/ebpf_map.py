@@ -24,9 +24,9 @@ description:
     entry matches only when every CPU holds that value.
   - Array maps cannot remove entries; for them O(state=absent) and O(exact=true) set the value to all zeros, and
     an all-zero array entry counts as absent.
-  - Takes the host-wide lock C(/run/lock/hypermesh-ebpf.lock) while it reads and writes.
+  - Takes the host-wide lock C(/run/hypermesh-ebpf/lock) while it reads and writes.
 version_added: "0.1.0"
-author: hypermesh engineers
+author: hypermesh engineers (@hypermesh)
 options:
   path:
     description: Path of the pinned map on bpffs.
@@ -36,7 +36,7 @@ options:
       or C(<pin_root>/_shared/<map>) for maps pinned by name).
     type: str
   map:
-    description: Name of the map within the program O(name).
+    description: Name of the map within the program O(name) (printable ASCII, no C(/); O(name) likewise).
     type: str
   pin_root:
     description: The bpffs directory managed programs are pinned under.
@@ -68,6 +68,9 @@ options:
         C(KEY,VALUE)), C(#) starting a comment. Keys and values are read in O(key_format) / O(value_format)."
       - The whole file is read and checked before the map is touched; a file that cannot be read or parsed
         is an error naming the file (and line), with nothing written.
+      - It must be a regular file of at most 64 MiB that only its owner (root or the user the module runs as)
+        can write; anything else (a device such as C(/dev/zero), a FIFO, a bigger file, a file others can
+        write) is refused before a byte of it is used.
     type: path
   report_keys:
     description:
@@ -108,7 +111,7 @@ notes:
 """
 
 EXAMPLES = r"""
-- name: Block two IPv4 sources with the example XDP blocklist (values are drop counters: leave them be)
+- name: Block two IPv4 sources with the example XDP blocklist (its values are drop counters, left as they are)
   hypermesh.ebpf.ebpf_map:
     name: blocklist
     map: blocklist

@@ -28,7 +28,7 @@ description:
   - Reads only, except that O(dest) writes its file (reported as C(changed) when the file's content changed;
     not in check mode).
 version_added: "0.1.0"
-author: hypermesh engineers
+author: hypermesh engineers (@hypermesh)
 notes:
   - The module_utils it runs are copied once per host into C(/var/cache/hypermesh-ebpf/pycache/ebpf_map_info/)
     and compiled there, so later runs do not compile them again.
@@ -73,7 +73,9 @@ options:
     description:
       - Write the entries as JSON (shaped by O(entries_as)) to this file on the managed host instead of
         returning them. The directory must exist; the file is replaced atomically, and only when its content
-        changes. M(hypermesh.ebpf.ebpf_map) reads such a file with O(hypermesh.ebpf.ebpf_map#module:src).
+        changes (or it is not yet the module user's own file with mode 0644; a file another user prepared there
+        is replaced, never reused); a symbolic link or a non-regular file there is refused.
+        M(hypermesh.ebpf.ebpf_map) reads such a file with O(hypermesh.ebpf.ebpf_map#module:src).
     type: path
   wait_for:
     description:
@@ -246,7 +248,7 @@ def main():
             name=dict(type="str"),
             map=dict(type="str"),
             pin_root=dict(type="path", default=pinned_map.DEFAULT_PIN_ROOT),
-            keys=dict(type="list", elements="raw"),
+            keys=dict(type="list", elements="raw", no_log=False),  # map keys, not secrets
             key_format=dict(type="str", choices=list(map_codec.FORMATS), default="auto"),
             value_format=dict(type="str", choices=list(map_codec.FORMATS), default="auto"),
             entries_as=dict(type="str", choices=["list", "dict"], default="list"),
@@ -266,6 +268,7 @@ def main():
     try:
         path = pinned_map.map_path(p["path"], p["name"], p["map"], p["pin_root"])
         as_dict = p["entries_as"] == "dict"
+        entries = columns = waited = None  # what was read: entries (also with wait_for) or, for dest, columns
         with pinned_map.PinnedMap(path) as pm:
             if p["wait_for"]:
                 entries, waited, failure = wait(pm, p)
@@ -273,11 +276,11 @@ def main():
                 entries = pinned_map.read_entries(pm, p["key_format"], p["value_format"], p["keys"], as_dict)
             else:
                 columns = pinned_map.read_decoded(pm, p["key_format"], p["value_format"], p["keys"], as_dict)
-            count = len(entries) if p["dest"] is None else len(columns[0])
+            count = len(entries) if columns is None else len(columns[0])
             result = dict(changed=False, map=pm.describe(), count=count, read_method=pm.read_method)
-        if p["wait_for"]:
+        if waited is not None:
             result["wait"] = waited
-        if p["dest"] is None:
+        if columns is None:
             result["entries"] = entries
         else:
             text = map_file.entries_json(*columns, as_dict=as_dict) + "\n"

@@ -24,11 +24,14 @@ description:
   - The module_utils it runs are copied once per host into C(/var/cache/hypermesh-ebpf/pycache/ebpf_program/) and
     compiled there, so later runs do not compile them again.
   - A failed run rolls back what it created; a run killed at any step leaves pins the next run adopts.
-  - Runs under the host-wide lock C(/run/lock/hypermesh-ebpf.lock).
-  - For tests only, the environment variable C(HYPERMESH_EBPF_TEST_KILL_AT=<step>) makes the module SIGKILL
-    itself after that step (journal, load, pin, attach, swap, record, cleanup). Never set it in production.
+  - Runs under the host-wide lock C(/run/hypermesh-ebpf/lock).
+  - XDP and tc slots are taken only as they were read before the change - a free slot must still be free, an
+    occupied one must still hold the program read (XDP replaces atomically with C(XDP_FLAGS_REPLACE)) - so a
+    program another agent attached in the meantime is never overwritten; the run fails and names it.
+  - Program and map names in the object must be printable ASCII without C(/) (and not C(.) or C(..)); an
+    object with other names is refused before anything is pinned.
 version_added: 0.1.0
-author: hypermesh engineers
+author: hypermesh engineers (@hypermesh)
 options:
   name:
     description: Identity of the managed program; everything it owns lives under C(<pin_root>/<name>/).

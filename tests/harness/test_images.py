@@ -43,7 +43,8 @@ def test_cached_image_is_reused(tmp_path, monkeypatch):
     os.makedirs(path)
     with open(os.path.join(path, "manifest.json"), "w") as f:
         json.dump({"suite": "bookworm", "release": "6.1.0-1-cloud-amd64"}, f)
-    monkeypatch.setattr(images.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
+    monkeypatch.setattr(images.subprocess, "run",
+                        lambda *a, **k: (_unused for _unused in ()).throw(AssertionError("built")))
     m = images.build("bookworm", str(tmp_path), log=lambda m: None)
     assert m["cached"] and m["path"] == path
 

@@ -171,6 +171,9 @@ def test_a_panic_on_the_console_fails_the_boot_wait_at_once_and_stops_the_guest(
     # a stand-in for the guest's qemu: its command line names the guest, as pid_is_guest() checks
     fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "hypermesh-panicky"])
     try:
+        deadline = time.time() + 10
+        while not qemu.pid_is_guest(fake.pid, "panicky") and time.time() < deadline:
+            time.sleep(0.01)  # Popen returns before the child's exec: until then its cmdline is pytest's
         with open(g.pidfile, "w") as f:
             f.write(str(fake.pid))
         monkeypatch.setattr(qemu.subprocess, "run", pytest.fail)  # no SSH probe once the console shows a panic

@@ -1,7 +1,8 @@
 """Fixtures shared by the integration tests (exported from their helper modules)."""
 import pytest
 
-from tests.integration.netns import make_veth_pair, veth_pair  # noqa: F401 (veth_pair: fixture)
+# veth_pair is a fixture: imported here so pytest finds it, never named in this file
+from tests.integration.netns import make_veth_pair, veth_pair  # noqa: F401  # pylint: disable=unused-import
 
 
 @pytest.fixture(scope="module")

@@ -45,11 +45,11 @@ class VethPair(object):
 
     def __repr__(self):
         return "VethPair(%s %s/%s <-> %s %s/%s)" % (self.ns_a, self.if_a, self.addr_a, self.ns_b, self.if_b,
-                                                   self.addr_b)
+                                                    self.addr_b)
 
 
 def _ip(*args):
-    proc = subprocess.run(["ip"] + list(args), capture_output=True, text=True)
+    proc = subprocess.run(["ip"] + list(args), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError("ip %s failed: %s" % (" ".join(args), proc.stderr.strip()))
     return proc.stdout
@@ -60,7 +60,7 @@ def netns_exists(name):
 
 
 def _next_free():
-    for _ in range(400):
+    for _unused in range(400):
         n = next(_counter) % 250 + 1
         prefix = "hmt%dx%d" % (os.getpid() % 1000, n)
         if not netns_exists(prefix + "a") and not netns_exists(prefix + "b"):
@@ -101,7 +101,7 @@ def make_veth_pair(prefix=None, subnet=None):
 def ping(from_ns, addr, count=3, timeout=1):
     """True when at least one of `count` pings from namespace `from_ns` to `addr` is answered."""
     proc = subprocess.run(["ip", "netns", "exec", from_ns, "ping", "-n", "-q", "-c", str(count), "-i", "0.2",
-                           "-W", str(timeout), addr], capture_output=True, text=True)
+                           "-W", str(timeout), addr], capture_output=True, text=True, check=False)
     return proc.returncode == 0
 
 

@@ -5,6 +5,7 @@ attached in generic mode to the b side of a veth pair (netlink), tc_counter as "
 hook (cls_bpf) and as "tcxc" attached with a tcx link (a pinned BPF link) to the a side; an unpinned map stands
 for something this collection does not manage.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -124,7 +125,8 @@ def test_stats_count_runs_and_turn_back_off(world):
 
 
 def test_wait_for_runs_returns_when_the_program_ran_and_names_the_ones_that_did_not(world):
-    """With traffic (from 1.5 s into the wait), blk (XDP on b) is seen running well before the 20 s timeout; a program nothing runs is stalled after the whole timeout, and so is a name not pinned."""
+    """With traffic (from 1.5 s into the wait), blk (XDP on b) is seen running well before the 20 s timeout; a
+    program nothing runs is stalled after the whole timeout, and so is a name not pinned."""
     pair = world["pair"]
     stop = threading.Event()
 
@@ -165,3 +167,100 @@ def test_no_pin_root_means_nothing_managed():
     assert not r.get("failed"), r
     assert r["managed_names"] == [] and not any(p["managed"] for p in r["programs"])
     assert subprocess.call(["test", "-e", "/sys/fs/bpf/hm-none-%d" % os.getpid()]) == 1
+
+
+# ---- statistics: read-only means read-only ----------------------------------------------------------------------
+SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
+# a child running inventory.run_stats as ebpf_info does, on "a kernel before 5.8": BPF_ENABLE_STATS made to fail
+# from the test side (the product code has no switch for it)
+OLD_KERNEL_CHILD = r"""
+import errno, json, sys, time
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import inventory
+def no_enable_stats(*a):
+    raise bs.BpfError(errno.EINVAL, "BPF_ENABLE_STATS")
+def announced_sleep(seconds):  # say when the statistics window starts (the test kills or reads in it)
+    print("WINDOW", flush=True)
+    time.sleep(seconds)
+bs.enable_stats = no_enable_stats
+inventory._sleep = announced_sleep
+with inventory.run_stats(float(sys.argv[2]), check_mode=sys.argv[3] == "check") as how:
+    print(json.dumps(how), flush=True)
+"""
+
+
+def _sysctl():
+    with open(SYSCTL) as f:
+        return f.read().strip()
+
+
+def _marker():
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock
+    return os.path.join(os.path.dirname(lock.LOCK_PATH), "bpf_stats_enabled.ours")
+
+
+def _old_kernel_child(seconds, mode):
+    from tests.conftest import COLLECTIONS
+    import sys
+    return subprocess.Popen([sys.executable, "-c", OLD_KERNEL_CHILD, COLLECTIONS, str(seconds), mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def sysctl_off():
+    """Probe: the sysctl must read 0 before the test (on, it is someone else's and rightly left alone)."""
+    if _sysctl() != "0":
+        pytest.skip("kernel.bpf_stats_enabled is 1 before the test (someone else's): nothing to check")
+    try:
+        yield
+    finally:
+        left = _sysctl()
+        if left != "0":  # a failed test must not leave statistics on for the host
+            with open(SYSCTL, "w") as f:
+                f.write("0")
+        if os.path.exists(_marker()):
+            os.unlink(_marker())
+    assert left == "0"
+
+
+def test_stats_in_check_mode_write_nothing(world, sysctl_off):
+    r = module("ebpf_info", {"pin_root": world["root"], "stats": True, "stats_seconds": 1}, check=True)
+    assert not r.get("failed"), r
+    assert r["stats"]["method"] == "bpf_enable_stats", r["stats"]  # this kernel has it: a descriptor, no write
+    assert _sysctl() == "0" and not os.path.exists(_marker())
+
+
+def test_sysctl_fallback_in_check_mode_is_not_used(sysctl_off):
+    child = _old_kernel_child(1.0, "check")
+    assert child.stdout.readline().strip() == "WINDOW"
+    assert _sysctl() == "0" and not os.path.exists(_marker())  # during the window too
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    assert json.loads(out)["method"] == "not_enabled_check_mode", out
+    assert _sysctl() == "0" and not os.path.exists(_marker())
+
+
+def test_sysctl_fallback_runs_under_the_lock_and_a_kill_is_put_back_by_the_next_run(sysctl_off):
+    import fcntl
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock
+    child = _old_kernel_child(30, "real")
+    try:
+        line = child.stdout.readline()
+        assert line.strip() == "WINDOW", (line, child.stderr.read() if not line else "")
+        assert _sysctl() == "1" and os.path.exists(_marker())
+        fd = os.open(lock.LOCK_PATH, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the host lock is held while the sysctl is ours
+        finally:
+            os.close(fd)
+    finally:
+        child.kill()   # SIGKILL: no finally of the child runs
+        child.communicate(timeout=30)
+    assert _sysctl() == "1" and os.path.exists(_marker())  # a killed run could not put it back itself...
+    after = _old_kernel_child(0, "real")                  # ...the next run on that host does, first
+    out, err = after.communicate(timeout=30)
+    assert after.returncode == 0, err
+    assert json.loads(out.splitlines()[-1])["method"] == "sysctl"
+    assert _sysctl() == "0" and not os.path.exists(_marker())

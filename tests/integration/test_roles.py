@@ -6,10 +6,13 @@ sysctl is put back afterwards.
 
 ebpf_programs through playbooks/rollout.yml, against three inventory hosts that are all this machine
 (connection local), each with its own pin root, state, config and lib directories and its own veth pair between
-two network namespaces made here; pings run inside those namespaces only. In order:
+two network namespaces made here; pings run inside those namespaces only. The rollouts run from a copy of the
+collection taken when the fleet is made, so an edit of the working tree during the tests changes nothing the
+role installs: a module_utils install that is not needed is a failure. In order:
   check mode (changed, nothing in the kernel) -> rollout (changed) -> rollout again (nothing changed) ->
   check mode again (nothing to change) -> module_utils installed again only when one is missing or damaged ->
-  a kprobe program refused by the gate on this kernel (no kprobes), nothing changed -> prune drops a program
+  a kprobe program refused by the gate where probes.probe("kprobe") says unsupported, nothing changed ->
+  prune drops a program
   removed from the list -> a canary whose health check cannot pass (its program counts packets on an interface
   where nothing sends any) is rolled back and the rollout stops before the next batch -> boot-time re-apply from
   desired.json (skipped until the module code it calls exists).
@@ -17,6 +20,7 @@ two network namespaces made here; pings run inside those namespaces only. In ord
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -25,6 +29,8 @@ import pytest
 
 from tests.conftest import COLLECTIONS, TOP, needs_root
 from tests.integration.netns import make_veth_pair
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import probes
 
 pytestmark = needs_root
 
@@ -83,8 +89,8 @@ class CallbackModule(CallbackBase):
 _CALLBACK_DIR = []
 
 
-def callback_env():
-    """Environment for ansible-playbook with the hm_json stdout callback."""
+def callback_env(collections=COLLECTIONS):
+    """Environment for ansible-playbook with the hm_json stdout callback, the collection found in `collections`."""
     if not _CALLBACK_DIR:
         import atexit
         import shutil
@@ -94,12 +100,13 @@ def callback_env():
         with open(os.path.join(d, "hm_json.py"), "w") as f:
             f.write(CALLBACK)
         _CALLBACK_DIR.append(d)
-    return dict(os.environ, ANSIBLE_CONFIG=os.path.join(TOP, "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=COLLECTIONS,
+    return dict(os.environ, ANSIBLE_CONFIG=os.path.join(TOP, "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=collections,
                 ANSIBLE_CALLBACK_PLUGINS=_CALLBACK_DIR[0], ANSIBLE_STDOUT_CALLBACK="hm_json",
                 ANSIBLE_NOCOLOR="1", LANG="C")
 
 
-def run_playbook(playbook, inventory="localhost,", extra=None, check=False, limit=None, prefix=None):
+def run_playbook(playbook, inventory="localhost,", extra=None, check=False, limit=None, prefix=None,
+                 collections=COLLECTIONS):
     """ansible-playbook with the json callback; returns (rc, parsed output)."""
     cmd = list(prefix or []) + [PLAYBOOK, "-i", inventory, playbook]
     if inventory == "localhost,":
@@ -110,8 +117,8 @@ def run_playbook(playbook, inventory="localhost,", extra=None, check=False, limi
         cmd.append("--check")
     if limit:
         cmd += ["--limit", limit]
-    env = callback_env()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=TOP)
+    env = callback_env(collections)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=TOP, check=False)
     try:
         return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
     except ValueError:
@@ -127,6 +134,11 @@ def task_results(doc, host, name_part):
             if name_part in task["task"]["name"] and host in task["hosts"]:
                 out.append(task["hosts"][host])
     return out
+
+
+def changed_tasks(doc, host):
+    """Names of the tasks that reported a change for host."""
+    return [t["task"]["name"] for p in doc["plays"] for t in p["tasks"] if t["hosts"].get(host, {}).get("changed")]
 
 
 def failure_messages(doc):
@@ -208,7 +220,7 @@ def test_ebpf_host_mounts_bpffs_and_sets_sysctls_idempotently(tmp_path):
     try:
         proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", str(script), PLAYBOOK,
                                "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=" + sys.executable,
-                               "-e", extra, play], capture_output=True, text=True, env=env, cwd=TOP)
+                               "-e", extra, play], capture_output=True, text=True, env=env, cwd=TOP, check=False)
         assert proc.returncode == 0, proc.stderr
         docs = [json.load(open(r)) for r in runs]
         assert docs[0]["stats"]["localhost"]["failures"] == 0, failure_messages(docs[0])
@@ -234,11 +246,32 @@ def test_ebpf_host_mounts_bpffs_and_sets_sysctls_idempotently(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # ebpf_programs and the rollout
 
+# what of the collection a rollout uses (the roles reach plugins/ through role_path/../..)
+COLLECTION_PARTS = ("galaxy.yml", "meta", "plugins", "playbooks", "roles")
+
+
+def snapshot_collection(tmp):
+    """A copy of the working tree's collection under tmp; returns its collections path."""
+    collections = os.path.join(tmp, "collections")
+    dest = os.path.join(collections, "ansible_collections", "hypermesh", "ebpf")
+    os.makedirs(dest)
+    for part in COLLECTION_PARTS:
+        src = os.path.join(TOP, part)
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(dest, part), ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, os.path.join(dest, part))
+    return collections
+
+
 class Fleet(object):
-    """Three inventory hosts (all this machine), each with its own directories and veth pair."""
+    """Three inventory hosts (all this machine), each with its own directories and veth pair; the rollouts run
+    from a copy of the collection (self.collection), taken once."""
 
     def __init__(self, tmp):
         self.tmp = tmp
+        self.collections = snapshot_collection(tmp)
+        self.collection = os.path.join(self.collections, "ansible_collections", "hypermesh", "ebpf")
         # one level under /sys/fs/bpf: ebpf_program creates the pin root but not its parents
         self.root = "/sys/fs/bpf/hmt_roles_%s" % uuid.uuid4().hex[:8]
         self.pairs = {}
@@ -277,9 +310,15 @@ class Fleet(object):
         return "@" + path
 
     def rollout(self, programs, check=False, limit=None, extra=()):
-        return run_playbook(os.path.join(TOP, "playbooks", "rollout.yml"), inventory=self.inventory,
+        return run_playbook(os.path.join(self.collection, "playbooks", "rollout.yml"), inventory=self.inventory,
                             extra=[self.programs_file(programs), "rollout_prepare_hosts=false"] + list(extra),
-                            check=check, limit=limit)
+                            check=check, limit=limit, collections=self.collections)
+
+    def cleanup(self, name, host):
+        """Detach and unpin program `name` of `host` through the module (like an operator)."""
+        d = self.dirs(host)
+        return run_playbook(os.path.join(self.tmp, "cleanup.yml"), collections=self.collections,
+                            extra=[json.dumps({"n": name, "r": d["pin_root"], "s": d["state"]})])
 
     def xdp_prog(self, host, side="b"):
         p = self.pairs[host]
@@ -314,7 +353,7 @@ def fleet(tmp_path_factory):
     f = Fleet(tmp)
     stack = []
     opener = None
-    cleanup = _write(os.path.join(tmp, "cleanup.yml"), CLEANUP_PLAY)
+    _write(os.path.join(tmp, "cleanup.yml"), CLEANUP_PLAY)
     try:
         # something that opens files all the time, so the openat program's run count moves on a quiet host too
         opener = subprocess.Popen(["sh", "-c", "while :; do cat /etc/hostname >/dev/null; sleep 0.2; done"])
@@ -335,7 +374,7 @@ def fleet(tmp_path_factory):
             d = f.dirs(h)
             if os.path.isdir(d["pin_root"]):
                 for name in os.listdir(d["pin_root"]):
-                    run_playbook(cleanup, extra=[json.dumps({"n": name, "r": d["pin_root"], "s": d["state"]})])
+                    f.cleanup(name, h)
         for cm in reversed(stack):
             cm.__exit__(None, None, None)
         for h in HOSTS:
@@ -365,16 +404,6 @@ def test_rollout_check_mode_first_changes_nothing_in_the_kernel(fleet):
         assert fleet.desired(h) is None
 
 
-def module_utils_digest():
-    """Other work may change plugins/module_utils while a test runs; the role then installs them again."""
-    h = hashlib.sha256()
-    d = os.path.join(TOP, "plugins", "module_utils")
-    for name in sorted(os.listdir(d)):
-        if name.endswith(".py"):
-            h.update(name.encode() + open(os.path.join(d, name), "rb").read())
-    return h.hexdigest()
-
-
 def py_digests(directory):
     """name -> sha256 of the .py files in directory (what the role compares before installing module_utils)."""
     out = {}
@@ -391,7 +420,8 @@ def installed_module_utils(fleet, host):
 
 def module_utils_in_sync(fleet, host):
     """True when the host's installed module_utils are the controller's (nothing for the role to install)."""
-    return py_digests(installed_module_utils(fleet, host)) == py_digests(os.path.join(TOP, "plugins", "module_utils"))
+    controller = os.path.join(fleet.collection, "plugins", "module_utils")
+    return py_digests(installed_module_utils(fleet, host)) == py_digests(controller)
 
 
 def test_rollout_applies_then_changes_nothing(fleet):
@@ -405,30 +435,25 @@ def test_rollout_applies_then_changes_nothing(fleet):
         waited = task_results(doc, h, "Wait for the health counters to move")[0]["results"][0]
         assert waited["entries"][0]["value"]["packets"] > 0 and waited["wait"]["reached"] is True, waited
         runs = task_results(doc, h, "Wait for the programs to run")[0]
-        assert any(p.get("managed_name") == "openat" and p["run_cnt"] > 0 for p in runs["programs"])
+        assert any(p.get("managed_name") == "openat" and p["run_cnt"] > 0 for p in runs["programs"]), runs
         desired = json.loads(fleet.desired(h))
         assert [p["program"]["name"] for p in desired["programs"]] == ["counter", "openat"]
         lib = os.path.join(fleet.dirs(h)["lib"], "ansible_collections/hypermesh/ebpf/plugins/module_utils")
         assert os.path.exists(os.path.join(lib, "reapply.py")) and os.path.exists(os.path.join(lib, "bpf_syscall.py"))
+        assert module_utils_in_sync(fleet, h)
     ids = dict((h, fleet.xdp_prog(h)) for h in HOSTS)
     desired = dict((h, fleet.desired(h)) for h in HOSTS)
 
-    digest = module_utils_digest()
-    in_sync = dict((h, module_utils_in_sync(fleet, h)) for h in HOSTS)
     rc, doc = fleet.rollout([counter(), OPENAT])
     assert rc == 0, failure_messages(doc)
     for h in HOSTS:
-        changed = [t["task"]["name"] for p in doc["plays"] for t in p["tasks"] if t["hosts"].get(h, {}).get("changed")]
-        if module_utils_digest() != digest or not in_sync[h]:
-            changed = [n for n in changed if "Install the collection's module_utils" not in n]
-        assert changed == [], changed
+        assert changed_tasks(doc, h) == [], h
         assert fleet.xdp_prog(h) == ids[h]
         assert fleet.desired(h) == desired[h]
 
-    in_sync = module_utils_in_sync(fleet, "h1")
     rc, doc = fleet.rollout([counter(), OPENAT], check=True, limit="h1")
     assert rc == 0, failure_messages(doc)
-    assert doc["stats"]["h1"]["changed"] == 0 or not in_sync
+    assert doc["stats"]["h1"]["changed"] == 0, changed_tasks(doc, "h1")
 
     # a damaged object on the host (same name, other content) is copied again, and nothing else changes
     obj = json.loads(desired["h1"])["programs"][0]["program"]["object"]
@@ -436,8 +461,8 @@ def test_rollout_applies_then_changes_nothing(fleet):
         f.write(b"damage")
     rc, doc = fleet.rollout([counter(), OPENAT], limit="h1")
     assert rc == 0, failure_messages(doc)
-    changed = [t["task"]["name"] for p in doc["plays"] for t in p["tasks"] if t["hosts"].get("h1", {}).get("changed")]
-    assert [n for n in changed if "Install the collection's module_utils" not in n] == [
+    changed = changed_tasks(doc, "h1")
+    assert changed == [
         "hypermesh.ebpf.ebpf_programs : Copy the objects (content addressed, so a rollback finds the previous ones)"
     ], changed
     assert hashlib.sha256(open(obj, "rb").read()).hexdigest() == os.path.basename(obj).split(".")[0]
@@ -446,16 +471,13 @@ def test_rollout_applies_then_changes_nothing(fleet):
 
 def test_module_utils_are_installed_only_when_missing_or_damaged(fleet):
     """The persist step lists module_utils on the controller and on the host (sha256): a rollout with nothing
-    new skips the tar and the unarchive; a truncated installed file is reported by check mode and put back."""
+    new skips the tar and the unarchive; a truncated installed file is reported by check mode and put back.
+    The fleet's collection is a copy nothing edits: an install here is the defect this test is for."""
     lib = installed_module_utils(fleet, "h1")
-    for _ in range(3):  # another engineer's edit of plugins/module_utils during a run: the next run installs it
-        digest, in_sync = module_utils_digest(), module_utils_in_sync(fleet, "h1")
-        rc, doc = fleet.rollout([counter(), OPENAT], limit="h1")
-        assert rc == 0, failure_messages(doc)
-        if in_sync and module_utils_digest() == digest:
-            break
-    else:
-        pytest.skip("plugins/module_utils kept changing during the runs")
+    assert module_utils_in_sync(fleet, "h1")
+    rc, doc = fleet.rollout([counter(), OPENAT], limit="h1")
+    assert rc == 0, failure_messages(doc)
+    assert changed_tasks(doc, "h1") == []
     for name in ("Pack the collection's module_utils", "Install the collection's module_utils",
                  "Remove the packed module_utils"):
         res = task_results(doc, "h1", name)[0]
@@ -471,26 +493,33 @@ def test_module_utils_are_installed_only_when_missing_or_damaged(fleet):
     assert task_results(doc, "h1", "Install the collection's module_utils for the re-apply")[0].get("skipped")
     assert os.path.getsize(victim) == 0
 
-    digest = module_utils_digest()
     rc, doc = fleet.rollout([counter(), OPENAT], limit="h1")
     assert rc == 0, failure_messages(doc)
-    changed = [t["task"]["name"] for p in doc["plays"] for t in p["tasks"] if t["hosts"].get("h1", {}).get("changed")]
+    changed = changed_tasks(doc, "h1")
     assert changed == ["hypermesh.ebpf.ebpf_programs : Install the collection's module_utils for the re-apply "
                        "(same code as the modules)"], changed
     assert os.path.getsize(victim) > 0
-    assert module_utils_in_sync(fleet, "h1") or module_utils_digest() != digest
+    assert module_utils_in_sync(fleet, "h1")
     assert not os.path.exists(task_results(doc, "h1", "Pack the collection's module_utils")[0]["stdout"])
 
 
 def test_gate_refuses_a_host_without_the_feature_and_changes_nothing(fleet):
+    """kprobe, which probes.probe() says this kernel lacks (decided before the rollout; on a kernel with
+    kprobes there is nothing to refuse, and the kernel matrix runs this gate where kprobes are missing)."""
+    found = probes.probe("kprobe")
+    if found["supported"]:
+        pytest.skip("probes.probe('kprobe'): supported here, the gate has nothing to refuse: %s" % found["reason"])
     kprobe = {"name": "kp", "object": os.path.join(OBJECTS, "kprobe_unlinkat.bpf.o"),
               "attach": {"kprobe": "do_unlinkat"}}
     before = fleet.desired("h1")
+    ids = fleet.xdp_prog("h1")
     rc, doc = fleet.rollout([counter(), OPENAT, kprobe], limit="h1")
-    if rc == 0:
-        pytest.skip("this kernel has kprobes: the gate has nothing to refuse")
+    assert rc != 0, "the gate let a kprobe program through although %s" % found["reason"]
     msg = failure_messages(doc)
-    assert "refused, nothing changed" in msg and "kprobe" in msg and os.uname().release in msg, msg
+    assert "refused, nothing changed" in msg and os.uname().release in msg, msg
+    assert "kprobe needs kernel" in msg, msg
+    assert changed_tasks(doc, "h1") == []
+    assert fleet.xdp_prog("h1") == ids
     assert not fleet.pinned("h1", "kp")
     assert fleet.desired("h1") == before
 
@@ -509,7 +538,7 @@ def test_prune_removes_a_program_dropped_from_the_list(fleet):
         assert [p["program"]["name"] for p in json.loads(fleet.desired(h))["programs"]] == ["counter"]
         previous = json.load(open(os.path.join(fleet.dirs(h)["etc"], "desired.previous.json")))
         assert [p["program"]["name"] for p in previous["programs"]] == ["counter", "openat"]
-    gone = subprocess.run(["bpftool", "link", "show", "id", str(link_id)], capture_output=True, text=True)
+    gone = subprocess.run(["bpftool", "link", "show", "id", str(link_id)], capture_output=True, text=True, check=False)
     assert gone.returncode != 0, "the tracepoint link %d is still in the kernel" % link_id
 
 
@@ -575,19 +604,18 @@ def test_reapply_restores_the_desired_state_after_the_kernel_lost_it(fleet):
     d = fleet.dirs("h2")
     lib = d["lib"]
     before = json.loads(fleet.desired("h2"))
-    run_playbook(os.path.join(fleet.tmp, "cleanup.yml"),
-                 extra=[json.dumps({"n": "counter", "r": d["pin_root"], "s": d["state"]})])
+    fleet.cleanup("counter", "h2")
     assert fleet.xdp_prog("h2") is None and not fleet.pinned("h2", "counter")
     env = dict(os.environ, PYTHONPATH=lib, HYPERMESH_EBPF_STATE_DIR=d["state"], PYTHONDONTWRITEBYTECODE="1")
     proc = subprocess.run([sys.executable, "-m", "ansible_collections.hypermesh.ebpf.plugins.module_utils.reapply",
                            "--desired", os.path.join(d["etc"], "desired.json"), "--retry-seconds", "0"],
-                          capture_output=True, text=True, env=env, cwd="/")
+                          capture_output=True, text=True, env=env, cwd="/", check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert lines[0]["program"] == "counter" and lines[0]["changed"] is True
     assert lines[-1] == {"summary": True, "programs": len(before["programs"]), "failed": []}
     assert fleet.xdp_prog("h2") and fleet.pinned("h2", "counter")
-    again = subprocess.run(proc.args, capture_output=True, text=True, env=env, cwd="/")
+    again = subprocess.run(proc.args, capture_output=True, text=True, env=env, cwd="/", check=False)
     assert again.returncode == 0 and json.loads(again.stdout.splitlines()[0])["changed"] is False
 
 
@@ -596,6 +624,6 @@ def test_reapply_refuses_a_bad_desired_file(tmp_path):
     env = dict(os.environ, PYTHONPATH=COLLECTIONS)
     for path, text in ((bad, "version 99"), (str(tmp_path / "missing.json"), "cannot read")):
         proc = subprocess.run([sys.executable, "-m", "ansible_collections.hypermesh.ebpf.plugins.module_utils.reapply",
-                               "--desired", path], capture_output=True, text=True, env=env, cwd="/")
+                               "--desired", path], capture_output=True, text=True, env=env, cwd="/", check=False)
         assert proc.returncode == 2
         assert text in json.loads(proc.stdout.splitlines()[-1])["error"]

@@ -1,7 +1,8 @@
 """Per play and per host: ok, changed, failed and skipped task counts, the names of the changed tasks; per play
-its start and end time and every task's [name, start, seconds] (all hosts together), written to <results>/plays-<playbook>.json at the start of every play and at the
-end of the run. The side_effect playbook reads it to assert that the rollout it just ran changed something
-(first rollout) or nothing at all (second rollout): the same counts as Ansible's PLAY RECAP, per play.
+its start and end time and every task's [name, start, seconds] (all hosts together), written to
+<results>/plays-<playbook>.json at the start of every play and at the end of the run. The side_effect playbook
+reads it to assert that the rollout it just ran changed something (first rollout) or nothing at all (second
+rollout): the same counts as Ansible's PLAY RECAP, per play.
 <results> is $HYPERMESH_RESULTS, else <molecule ephemeral directory>/results.
 """
 from __future__ import absolute_import, division, print_function

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Read, in the guest, the kernel state of the rollout's programs and print it as JSON with the problems found.
 
   check_rollout.py --pin-root DIR --present JSON --absent JSON [--blocked PROG/MAP/IPV4] [--ids FILE]
@@ -16,13 +15,13 @@ import argparse
 import json
 import os
 import socket
-import struct
 import subprocess
 import time
 
 
 def run_json(argv):
-    out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                         check=False)  # the exit status is judged below, with the JSON answer
     try:
         doc = json.loads(out.stdout or "null")
     except ValueError:
@@ -31,7 +30,7 @@ def run_json(argv):
     # `link show pinned` and still exits 255, so a JSON answer that is not an error is taken
     if isinstance(doc, dict) and "error" in doc or (out.returncode != 0 and doc is None):
         raise RuntimeError("%s: exit %d: %s %s" % (" ".join(argv), out.returncode, out.stdout.strip(),
-                                                    out.stderr.strip()))
+                                                   out.stderr.strip()))
     return doc
 
 

@@ -8,12 +8,30 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import inventory as inv
 
 
+class FakeLock(object):
+    held = []
+
+    def __enter__(self):
+        FakeLock.held.append(True)
+
+    def __exit__(self, *exc):
+        FakeLock.held.pop()
+
+
 @pytest.fixture
 def sysctl(tmp_path, monkeypatch):
     path = tmp_path / "bpf_stats_enabled"
     path.write_text("0\n")
     monkeypatch.setattr(inv, "STATS_SYSCTL", str(path))
+    monkeypatch.setattr(inv, "STATS_MARKER", str(tmp_path / "marker"))
+    monkeypatch.setattr(inv, "_host_lock", FakeLock)
     return path
+
+
+def _no_enable_stats(monkeypatch):
+    def enable_stats():
+        raise bs.BpfError(errno.EINVAL, "BPF_ENABLE_STATS")  # a kernel before 5.8
+    monkeypatch.setattr(bs, "enable_stats", enable_stats)
 
 
 def test_stats_through_bpf_enable_stats(sysctl, monkeypatch):
@@ -39,11 +57,35 @@ def test_stats_fall_back_to_the_sysctl_and_put_it_back(sysctl, monkeypatch):
     with inv.run_stats() as how:
         assert how["method"] == "sysctl"
         assert sysctl.read_text().strip() == "1"
-    assert sysctl.read_text().strip() == "0"
+        assert FakeLock.held == [True]                  # the fallback runs under the host lock
+        assert os.path.exists(inv.STATS_MARKER)         # and says so, for the run after a kill
+    assert sysctl.read_text().strip() == "0" and not os.path.exists(inv.STATS_MARKER)
+    assert FakeLock.held == []
+
+
+def test_check_mode_never_writes_the_sysctl(sysctl, monkeypatch):
+    _no_enable_stats(monkeypatch)
+    monkeypatch.setattr(inv, "_host_lock", lambda: pytest.fail("check mode takes no lock"))
+    monkeypatch.setattr(inv, "_write_sysctl", lambda v: pytest.fail("check mode wrote the sysctl"))
+    with inv.run_stats(check_mode=True) as how:
+        assert how["method"] == "not_enabled_check_mode"
+    assert sysctl.read_text().strip() == "0" and not os.path.exists(inv.STATS_MARKER)
+
+
+def test_a_run_killed_with_the_sysctl_on_is_put_back_by_the_next(sysctl, monkeypatch):
+    """A killed run left the sysctl at 1 and its marker: the next run does not take that for someone else's
+    setting (already_enabled) but puts it back, and leaves 0 and no marker when done."""
+    _no_enable_stats(monkeypatch)
+    sysctl.write_text("1\n")
+    with open(inv.STATS_MARKER, "w") as f:
+        f.write("left by a killed run\n")
+    with inv.run_stats() as how:
+        assert how["method"] == "sysctl" and sysctl.read_text().strip() == "1"
+    assert sysctl.read_text().strip() == "0" and not os.path.exists(inv.STATS_MARKER)
 
 
 def test_stats_put_back_even_on_error(sysctl, monkeypatch):
-    monkeypatch.setattr(bs, "enable_stats", lambda: (_ for _ in ()).throw(OSError(errno.EINVAL, "no")))
+    monkeypatch.setattr(bs, "enable_stats", lambda: (_unused for _unused in ()).throw(OSError(errno.EINVAL, "no")))
     with pytest.raises(RuntimeError):
         with inv.run_stats():
             raise RuntimeError("boom")
@@ -52,9 +94,11 @@ def test_stats_put_back_even_on_error(sysctl, monkeypatch):
 
 def test_stats_already_on_are_left_alone(sysctl, monkeypatch):
     sysctl.write_text("1\n")
-    monkeypatch.setattr(bs, "enable_stats", lambda: pytest.fail("must not be called"))
-    with inv.run_stats() as how:
-        assert how["method"] == "already_enabled"
+    _no_enable_stats(monkeypatch)
+    monkeypatch.setattr(inv, "_write_sysctl", lambda v: pytest.fail("someone else's setting was written"))
+    for check in (False, True):
+        with inv.run_stats(check_mode=check) as how:
+            assert how["method"] == "already_enabled"
     assert sysctl.read_text().strip() == "1"
 
 
@@ -75,13 +119,18 @@ def test_managed_index_names_and_kinds(tmp_path, monkeypatch):
         return fd
     monkeypatch.setattr(bs, "obj_get", obj_get)
     monkeypatch.setattr(inv, "_pinned_kind", lambda fd: layout[fds[fd]][0])
-    info = lambda fd: {"id": layout[fds[fd]][1]}  # noqa: E731
+
+    def info(fd):
+        return {"id": layout[fds[fd]][1]}
+
     monkeypatch.setattr(inv, "_INFO", {"prog": info, "map": info, "link": info})
     index = inv.managed_index(str(tmp_path))
     assert dict((key, val["name"]) for key, val in index.items()) == {
         ("prog", 10): "blk", ("map", 20): "blk", ("map", 21): "blk", ("link", 30): "tcxc", ("prog", 11): "tcxc",
         ("map", 22): "_shared"}
     assert index[("link", 30)]["pin"] == str(tmp_path / "tcxc" / "link")
+    only = inv.managed_index(str(tmp_path), names=["blk"])  # another tool's tcxc/ and junk/ are not ours
+    assert sorted(set(v["name"] for v in only.values())) == ["_shared", "blk"]
 
 
 def test_managed_index_without_pin_root():
@@ -111,7 +160,8 @@ def test_wait_for_runs_stops_when_every_program_ran(monkeypatch):
     counts = {"a": [5, 5, 5, 6], "b": [0, 1]}
     closed = []
     monkeypatch.setattr(bs, "obj_get", lambda path: {"/r/a/prog": "a", "/r/b/prog": "b"}[path]
-                        if path in ("/r/a/prog", "/r/b/prog") else (_ for _ in ()).throw(OSError(errno.ENOENT, path)))
+                        if path in ("/r/a/prog", "/r/b/prog")
+                        else (_unused for _unused in ()).throw(OSError(errno.ENOENT, path)))
     monkeypatch.setattr(bs, "prog_info", lambda fd: {"run_cnt": counts[fd].pop(0) if len(counts[fd]) > 1
                                                      else counts[fd][0]})
     monkeypatch.setattr(bs, "close", closed.append)

@@ -94,8 +94,6 @@ def test_mounts_and_escapes(tmp_path):
     assert points["securityfs"] == ["/sys/kernel/security"]
 
 
-
-
 @pytest.mark.parametrize("capeff, expected", [
     ("000001ffffffffff", {"cap_bpf": True, "cap_perfmon": True, "cap_net_admin": True, "cap_sys_admin": True}),
     ("0000000000000000", {"cap_bpf": False, "cap_perfmon": False, "cap_net_admin": False, "cap_sys_admin": False}),

@@ -83,10 +83,11 @@ def test_write_if_changed(tmp_path):
     assert not os.path.exists(path)
     assert map_file.write_if_changed(path, "[]\n") is True
     assert open(path).read() == "[]\n" and os.stat(path).st_mode & 0o777 == 0o644
-    os.chmod(path, 0o600)
     assert map_file.write_if_changed(path, "[]\n") is False
     assert map_file.write_if_changed(path, "[1]\n") is True
-    assert open(path).read() == "[1]\n" and os.stat(path).st_mode & 0o777 == 0o600  # mode kept
+    assert open(path).read() == "[1]\n" and os.stat(path).st_mode & 0o777 == 0o644
+    os.chmod(path, 0o666)  # the mode comes from the code, never from the file replaced: same content, rewritten
+    assert map_file.write_if_changed(path, "[1]\n") is True and os.stat(path).st_mode & 0o777 == 0o644
     assert sorted(os.listdir(str(tmp_path))) == ["dump.json"]  # no temporary file left
 
 
@@ -95,3 +96,29 @@ def test_write_if_changed_bad_dest(tmp_path):
         map_file.write_if_changed(str(tmp_path / "no" / "dump.json"), "[]")
     with pytest.raises(map_file.EntriesFileError, match="is a directory"):
         map_file.write_if_changed(str(tmp_path), "[]")
+
+
+def test_src_that_is_not_a_regular_file_is_refused_without_reading_it():
+    """/dev/zero would never end: refused from its fstat, not read."""
+    with pytest.raises(map_file.EntriesFileError, match="not a regular file"):
+        map_file.load_entries("/dev/zero")
+
+
+def test_src_above_the_size_limit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(map_file, "SRC_MAX_BYTES", 16)
+    path = tmp_path / "big.txt"
+    path.write_text("1 2\n" * 5)  # 20 bytes
+    with pytest.raises(map_file.EntriesFileError, match="more than the limit of 16"):
+        map_file.load_entries(str(path))
+    path.write_text("1 2\n" * 4)  # 16 bytes: at the limit is fine
+    assert len(map_file.load_entries(str(path))) == 4
+
+
+def test_src_others_can_write_is_refused(tmp_path):
+    path = tmp_path / "open.txt"
+    path.write_text("1 2\n")
+    os.chmod(str(path), 0o666)
+    with pytest.raises(map_file.EntriesFileError, match="can be written by other users"):
+        map_file.load_entries(str(path))
+    os.chmod(str(path), 0o644)
+    assert map_file.load_entries(str(path)) == [{"key": "1", "value": "2"}]

@@ -71,7 +71,7 @@ def test_polls_until_the_value_passes():
 def test_struct_member():
     clock = Clock()
     read = reader([{"packets": 1, "bytes": 60}, {"packets": 2, "bytes": 120}])
-    reached, value, _ = map_wait.wait_above(read, 1, field="packets", timeout=5, clock=clock, sleep=clock.sleep)
+    reached, value, _unused = map_wait.wait_above(read, 1, field="packets", timeout=5, clock=clock, sleep=clock.sleep)
     assert reached and value == {"packets": 2, "bytes": 120}
 
 

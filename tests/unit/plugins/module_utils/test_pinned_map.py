@@ -225,3 +225,10 @@ def test_read_entries_percpu_values_and_sum(fake):
     assert pmod.read_entries(pm, "int", "hex", keys=[2, 9]) == [
         {"key": 2, "values": ["00000000", "00000000", "05000000"], "value": None}]
     assert pm.read_method == "lookup"
+
+
+@pytest.mark.parametrize("name,map_name", [("blk", "../../../etc/x"), ("..", "m"), ("a/b", "m"), ("blk", ".."),
+                                           ("blk", "caf\u00e9")])
+def test_map_path_refuses_names_that_are_paths(tmp_path, name, map_name):
+    with pytest.raises(pmod.MapError, match="is not valid"):
+        pmod.map_path(name=name, map_name=map_name, pin_root=str(tmp_path))

@@ -128,7 +128,7 @@ def test_kprobe_refused_without_kprobes_in_config(tmp_path, monkeypatch):
 def test_kprobe_refused_when_tracefs_has_no_kprobe_events(tmp_path, monkeypatch):
     FakeKernel(monkeypatch)
     result = run(tmp_path, fakehost.DEBIAN11, "kprobe", {"sys/bus/event_source/devices/kprobe/type": None,
-                                                        "sys/kernel/tracing/kprobe_events": None})
+                                                         "sys/kernel/tracing/kprobe_events": None})
     assert result["supported"] is False and "without kprobes" in result["reason"]
 
 

@@ -48,7 +48,7 @@ def test_first_gate_probes_and_remembers(probes):
 
 def test_refusal_is_never_remembered(probes):
     probes.no.add("kprobe")
-    for _ in range(2):
+    for _unused in range(2):
         with pytest.raises(Refused, match="kprobe is not supported"):
             pg.require(("kprobe", "perf_link"), probes.memo)
     assert probes.asked == ["kprobe", "kprobe"]

@@ -33,7 +33,13 @@ def test_pin_root_outside_bpffs(tmp_path):
         ps.check_pin_root(str(tmp_path / "a" / "b"))
 
 
-@pytest.mark.skipif(ps._fs_type("/sys/fs/bpf") != ps.BPF_FS_MAGIC, reason="bpffs not mounted")
+def _bpffs_at_sys_fs_bpf():
+    """From the machine's mount table, not from program_spec's own file system check (the code under test)."""
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1:3] == ["/sys/fs/bpf", "bpf"] for line in f)
+
+
+@pytest.mark.skipif(not _bpffs_at_sys_fs_bpf(), reason="bpffs is not mounted at /sys/fs/bpf (/proc/self/mounts)")
 def test_pin_root_on_bpffs():
     assert ps.check_pin_root("/sys/fs/bpf/hypermesh/") == "/sys/fs/bpf/hypermesh"
 
@@ -127,3 +133,18 @@ def test_every_kind_is_gated_by_known_features():
     assert set(ps.FEATURES) == set(ps.ATTACH_KINDS)
     for features in ps.FEATURES.values():
         assert all(f in REQUIREMENTS for f in features)
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/abs", ".", "..", "a/b", "xdp_\udcffount", "sp ace", "", "x" * 256])
+def test_elf_names_that_are_not_safe_pin_names_are_refused(name):
+    with pytest.raises(ps.SpecError) as e:
+        ps.check_elf_names("/o.bpf.o", [{"name": "ok"}], [{"name": name}])
+    assert "map name" in str(e.value) and "nothing changed" in str(e.value)
+    str(e.value).encode("ascii")  # the message itself is plain ASCII (undecodable bytes shown as \xNN)
+    with pytest.raises(ps.SpecError, match="program name"):
+        ps.check_elf_names("/o.bpf.o", [{"name": name}])
+
+
+@pytest.mark.parametrize("name", ["xdp_count", ".bss", "xdp_coun.rodata", "a-b"])
+def test_elf_names_that_are_fine(name):
+    ps.check_elf_names("/o.bpf.o", [{"name": name}], [{"name": name}])

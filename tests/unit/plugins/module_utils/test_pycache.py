@@ -69,8 +69,8 @@ def test_changed_sources_get_a_new_copy_and_old_copies_go(zipped, tmp_path):
     sys.path.remove(str(tmp_path / "one.zip"))
     zipped("mu2", {"a.py": "X = 2\n"}, "two.zip")
     second = pc.use_host_copy("mod", root=root, package="top.mu2")
-    assert second != first and sorted(os.listdir(os.path.join(root, "mod"))) == sorted([os.path.basename(second),
-                                                                                          "recent"])
+    assert second != first
+    assert sorted(os.listdir(os.path.join(root, "mod"))) == sorted([os.path.basename(second), "recent"])
     assert os.path.isdir(old_other)
     assert importlib.import_module("top.mu2.a").X == 2
     sys.path.insert(0, str(tmp_path / "one.zip"))    # for the fixture's cleanup
