@@ -7,6 +7,7 @@
 #   ansible-test      ansible-test sanity, every test that applies, each in its --venv (ansible_test_sanity.sh)
 #   ansible-lint      production profile on the roles, the playbooks and the Molecule scenarios (.ansible-lint)
 #   antsibull-docs    lint-collection-docs, the plugins' and roles' docs included
+#   changelog         antsibull-changelog lint: every fragment in changelogs/fragments is valid
 # Every check runs; the script fails when one failed. Run by `make test` / `scripts/test.sh sanity`, which set
 # PATH to the venv and ANSIBLE_COLLECTIONS_PATH to the collection.
 set -euo pipefail
@@ -76,6 +77,7 @@ check build "the collection builds" build
 check ansible-test "ansible-test sanity --venv" scripts/ansible_test_sanity.sh
 check ansible-lint "ansible-lint --profile production: roles, playbooks, Molecule scenarios" ansible_lint
 check antsibull-docs "antsibull-docs lint-collection-docs --plugin-docs" antsibull_docs
+check changelog "antsibull-changelog lint" antsibull-changelog lint
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "sanity: FAILED: ${failed[*]}"

@@ -6,6 +6,10 @@ on one host never interleave. The kernel drops it when the process dies (even on
 The lock file lives in a private directory of its own (made 0700 by root, checked with lstat: ours, no
 group/other bits, no symbolic link; see host_paths.private_dir), never in a world-writable one such as /run/lock:
 flock works on a read-only descriptor, so any user who can open the file can hold the lock and stall every run.
+
+Re-entrant within a process: a HostLock entered while this process already holds the lock at that path only
+counts the hold (ebpf_state holds it for a whole transaction and calls the single-object functions, which take
+it themselves; a second flock on a new descriptor would wait for the first). The outermost exit releases it.
 Importable without ansible.
 """
 import errno
@@ -18,6 +22,8 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils import host_paths
 
 LOCK_DIR = "/run/hypermesh-ebpf"
 LOCK_PATH = LOCK_DIR + "/lock"
+REENTRANT = True
+_HOLDS = {}  # path -> how many HostLocks of this process hold it now
 
 
 class LockTimeout(Exception):
@@ -49,11 +55,15 @@ class HostLock(object):
         self.fd = None
 
     def __enter__(self):
+        if _HOLDS.get(self.path):
+            _HOLDS[self.path] += 1  # this process holds it already: count, and leave the flock to the outermost
+            return self
         self.fd = _open(self.path)
         deadline = time.time() + self.timeout
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _HOLDS[self.path] = 1
                 return self
             except (IOError, OSError) as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
@@ -66,7 +76,11 @@ class HostLock(object):
                 time.sleep(0.05)
 
     def __exit__(self, *exc):
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        if self.fd is None:
+            if _HOLDS.get(self.path):
+                _HOLDS[self.path] -= 1  # an inner hold
+            return
+        _HOLDS.pop(self.path, None)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None

@@ -24,6 +24,12 @@ desired.json:
                    "program": {ebpf_program parameters: name, object, sha256, program, state, attach, pin_root},
                    "maps": [{ebpf_map parameters: name, map, pin_root, entries, state, exact, key_format, ...}]}]}
 
+ebpf_state (state_desired.py) writes this file too, with `generation` (counts its commits) and each program's
+`health` beside `program` and `maps`; both are ignored here. Still to do (issue #14, phase 2): the boot
+re-apply becomes state_engine.run on the saved state (persist, health and rollback off, the retry for late
+interfaces kept), so rollout and boot share one code path; until then it applies program by program with the
+same single-object functions.
+
 Importable without ansible; runs on Python 3.9+.
 """
 

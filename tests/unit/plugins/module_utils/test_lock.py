@@ -40,9 +40,15 @@ def test_lock_makes_a_private_directory_and_a_0600_file(tmp_path):
 def test_a_held_lock_times_out_with_its_path(tmp_path):
     path = str(tmp_path / "hm" / "lock")
     with lock.HostLock(path):
+        pass  # makes the directory and the file
+    fd = os.open(path, os.O_RDONLY)  # held by another holder (a HostLock of this process would re-enter)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(lock.LockTimeout, match="holds " + path):
             with lock.HostLock(path, timeout=0.2):
                 pass
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("mode", [0o755, 0o1777, 0o770])

@@ -1,0 +1,349 @@
+"""ebpf_state on the real kernel: a host's whole desired state as one transaction.
+
+Two XDP programs on the two ends of a veth pair (xdp_counter on side a, xdp_blocklist on side b, with a blocklist
+entry) and a tracepoint program, built with private symbol names (so the kernel's id lists tell ours from other
+tests'). Traffic only between the pair's namespaces.
+- first apply: everything loaded, entry declared, health checks passed (traffic on the pair), desired state
+  generation 1; the same run again changes nothing (one module run, same kernel ids);
+- check mode: exact predictions per program, nothing changed;
+- a health check that cannot pass (a counter on the idle side) with a replaced program, a new program, a new
+  map key and a program applied by hand with ebpf_program (also in the run, replaced by it): the host ends as
+  it was, the very same kernel program ids, records, map entries, and the desired state untouched;
+- prune removes only names with a record of ours;
+- the controller SIGKILLed mid-health-wait: the module finishes its transaction on its own and the host is
+  rolled back;
+- at the end, nothing of ours is left in the kernel.
+"""
+import json
+import os
+import signal
+import socket
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import COLLECTIONS, TOP, ansible_module, needs_root
+from test_ebpf_program_common import kernel_ids, kname, leaked, pin_root_fixture, private_object, run
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state as ps
+
+pytestmark = needs_root
+
+pin_root = pin_root_fixture("hm-state")
+TAG = "hmst%d" % (os.getpid() % 100000)
+CNT, BLK, TP, HAND, NEW, OLD = (TAG + s for s in ("_cnt", "_blk", "_tp", "_hand", "_new", "_old"))
+SYMBOLS = {"xdp_counter": ["xdp_count", "xdp_stats"], "xdp_blocklist": ["xdp_blocklist", "blocklist", "verdicts"],
+           "tp_openat": ["count_openat", "openat_count"], "rawtp_sys_enter": ["count_sys_enter", "sys_enter_count"]}
+KPROGS = [kname(s[0]) for s in SYMBOLS.values()]
+KMAPS = [kname(m) for s in SYMBOLS.values() for m in s[1:]]
+
+
+def objpath(src):
+    return private_object(src, SYMBOLS[src])
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hm-state")
+    return str(d)
+
+
+def variant(work, src, tag=b"\0"):
+    """A copy of the private object with bytes appended: same program, another digest."""
+    dst = os.path.join(work, "%s-v%d.bpf.o" % (src, len(tag)))
+    shutil.copyfile(objpath(src), dst)
+    with open(dst, "ab") as f:
+        f.write(tag)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def before_ids():
+    return kernel_ids()
+
+
+def state(args, check=False, diff=False):
+    return ansible_module("ebpf_state", args, check=check, diff=diff)
+
+
+def desired_path(work):
+    return os.path.join(work, "etc", "desired.json")
+
+
+def programs(pair, blk_object=None, blk_keys=("192.0.2.10",), blk_health=None, timeout=20):
+    xdp_a = {"xdp": {"interface": pair.if_a, "netns": pair.ns_a, "mode": "generic"}}
+    xdp_b = {"xdp": {"interface": pair.if_b, "netns": pair.ns_b, "mode": "generic"}}
+    return [
+        {"name": CNT, "object": objpath("xdp_counter"), "attach": xdp_a,
+         "health": {"check": "counter", "map": kname("xdp_stats"), "key": 0, "field": "packets",
+                    "timeout": timeout}},
+        {"name": BLK, "object": blk_object or objpath("xdp_blocklist"), "attach": xdp_b,
+         "maps": [{"map": kname("blocklist"), "key_format": "ipv4", "entries": [{"key": k} for k in blk_keys]}],
+         "health": blk_health or {"check": "counter", "map": kname("verdicts"), "key": 0, "timeout": timeout}},
+        {"name": TP, "object": objpath("tp_openat"), "health": {"timeout": timeout}},
+    ]
+
+
+def args_for(pin_root, work, progs, **kw):
+    a = {"programs": progs, "pin_root": pin_root, "desired": desired_path(work)}
+    a.update(kw)
+    return a
+
+
+class Traffic(object):
+    """ping between the pair's namespaces in the background (both XDP programs see packets)."""
+
+    def __init__(self, pair):
+        self.proc = subprocess.Popen(["ip", "netns", "exec", pair.ns_b, "ping", "-n", "-q", "-i", "0.2", "-W", "1",
+                                      pair.addr_a], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def _map_entries(path):
+    """{key bytes: value bytes} of a pinned map (raw)."""
+    fd = bs.obj_get(path)
+    try:
+        info = bs.map_info(fd)
+        size = info["value_size"]
+        if "percpu" in info["type_name"]:
+            size = ((size + 7) // 8) * 8 * bs.possible_cpus()
+        out, key = {}, None
+        while True:
+            key = bs.map_next_key(fd, key, info["key_size"])
+            if key is None:
+                return out
+            out[key] = bs.map_lookup(fd, key, size)
+    finally:
+        bs.close(fd)
+
+
+def host_view(pin_root, pair, names, link_ids=True):
+    """What the host runs for `names`: record, pinned ids, the XDP slots, the blocklist's keys. link_ids=False
+    compares which program each pinned link runs instead of the link's id (a rollback gives a perf or raw
+    tracepoint program back its very program, on a new link: such a link cannot be held without running)."""
+    view = {}
+    for n in names:
+        live = ps.Live(pin_root, n)
+        view[n] = {"record": ps.read_record(n), "prog_id": live.prog_id, "maps": dict(live.maps),
+                   "exists": live.exists}
+        view[n]["link"] = live.link_id if link_ids else (live.link or {}).get("prog_id")
+    view["xdp_a"] = netlink.xdp_query(pair.if_a, pair.ns_a).get("prog_id")
+    view["xdp_b"] = netlink.xdp_query(pair.if_b, pair.ns_b).get("prog_id")
+    blk = os.path.join(pin_root, BLK, "maps", kname("blocklist"))
+    view["blocklist"] = sorted(socket.inet_ntoa(k) for k in _map_entries(blk)) if os.path.exists(blk) else None
+    return view
+
+
+def read_desired(work):
+    with open(desired_path(work)) as f:
+        return f.read()
+
+
+def by_name(res):
+    return dict((e["name"], e) for e in res["programs"])
+
+
+# ---- tests, in order (module-scoped state) -----------------------------------------------------------------
+def test_first_apply(pin_root, pair, work, before_ids):
+    with Traffic(pair):
+        res = state(args_for(pin_root, work, programs(pair)))
+    assert not res["failed"] and res["changed"], (res.get("msg"), res)
+    got = by_name(res)
+    assert [got[n]["action"] for n in (CNT, BLK, TP)] == ["load"] * 3, res
+    assert all(got[n]["health"] == "ok" for n in (CNT, BLK, TP)), res
+    assert got[BLK]["maps"][0]["changed"] and got[BLK]["maps"][0]["counts"]["added"] == 1
+    view = host_view(pin_root, pair, [CNT, BLK, TP])
+    assert view["xdp_a"] == view[CNT]["prog_id"] == got[CNT]["prog_id"]
+    assert view["xdp_b"] == view[BLK]["prog_id"]
+    assert view[TP]["link"] and view[TP]["record"]["attach"]["type"] == "tracepoint"
+    assert view["blocklist"] == ["192.0.2.10"]
+    doc = json.loads(read_desired(work))
+    assert doc["generation"] == 1 and res["generation"] == 1
+    assert [p["program"]["name"] for p in doc["programs"]] == [CNT, BLK, TP]
+
+
+def test_second_apply_changes_nothing(pin_root, pair, work):
+    view = host_view(pin_root, pair, [CNT, BLK, TP])
+    saved = read_desired(work)
+    res = state(args_for(pin_root, work, programs(pair)))
+    assert not res["failed"] and not res["changed"], (res.get("msg"), res)
+    assert [e["action"] for e in res["programs"]] == ["none"] * 3
+    assert host_view(pin_root, pair, [CNT, BLK, TP]) == view
+    assert read_desired(work) == saved and res["generation"] == 1
+
+
+def test_check_mode_predicts_exactly(pin_root, pair, work):
+    view = host_view(pin_root, pair, [CNT, BLK, TP, NEW])
+    saved = read_desired(work)
+    progs = programs(pair, blk_object=variant(work, "xdp_blocklist"), blk_keys=("192.0.2.10", "192.0.2.11"))
+    progs[2]["state"] = "loaded"
+    progs.append({"name": NEW, "object": objpath("rawtp_sys_enter")})
+    res = state(args_for(pin_root, work, progs), check=True, diff=True)
+    assert not res["failed"] and res["changed"], (res.get("msg"), res)
+    got = by_name(res)
+    assert [(got[n]["action"], got[n]["changed"]) for n in (CNT, BLK, TP, NEW)] == [
+        ("none", False), ("replace", True), ("detach", True), ("load", True)], res
+    assert got[BLK]["reason"].startswith("object sha256 ")
+    assert got[BLK]["maps"][0]["changed"] and got[BLK]["maps"][0]["counts"]["added"] == 1
+    assert res["generation"] == 2 and res["desired_changed"]
+    assert host_view(pin_root, pair, [CNT, BLK, TP, NEW]) == view
+    assert read_desired(work) == saved
+    # the same check mode without changes predicts none
+    res = state(args_for(pin_root, work, programs(pair)), check=True)
+    assert not res["changed"] and [e["action"] for e in res["programs"]] == ["none"] * 3
+
+
+def test_failed_health_check_rolls_back_to_what_ran(pin_root, pair, work, before_ids):
+    # a program applied by hand before the run (not in desired.json), which the run replaces
+    hand = run({"name": HAND, "object": objpath("rawtp_sys_enter"), "pin_root": pin_root})
+    assert hand["changed"] and not hand.get("failed"), hand
+    names = [CNT, BLK, TP, HAND, NEW]
+    view = host_view(pin_root, pair, names, link_ids=False)
+    saved = read_desired(work)
+    progs = programs(pair, blk_object=variant(work, "xdp_blocklist"), blk_keys=("192.0.2.10", "192.0.2.11"),
+                     blk_health={"check": "counter", "map": kname("verdicts"), "key": 1, "timeout": 2})
+    progs.append({"name": HAND, "object": variant(work, "rawtp_sys_enter")})
+    progs.append({"name": NEW, "object": objpath("rawtp_sys_enter"), "health": {"check": "none"}})
+    # verdicts[1] counts drops of blocklisted sources: nothing sends from 192.0.2.x, so it cannot move
+    res = state(args_for(pin_root, work, progs))
+    assert res["failed"] and res["failed_program"] == BLK and res["rolled_back"], res
+    assert "health check failed" in res["msg"] and "rolled back" in res["msg"], res["msg"]
+    got = by_name(res)
+    assert [got[n]["action"] for n in (CNT, BLK, TP, HAND, NEW)] == ["none", "replace", "none", "replace", "load"]
+    after = host_view(pin_root, pair, names, link_ids=False)
+    assert after == view, (view, after)     # same prog ids, records, attach points, map ids and keys
+    assert not os.path.exists(os.path.join(pin_root, NEW)) and ps.read_record(NEW) is None
+    assert read_desired(work) == saved
+    assert not any(leaked_now(pin_root, before_ids).values())
+
+
+def leaked_now(pin_root, before_ids, wait=3.0):
+    """Our programs and maps created since the module began that nothing under pin_root pins now (replaced or
+    new objects that a rollback must have released). Waits for the kernel's RCU-deferred frees."""
+    pinned = {"prog": set(), "map": set()}
+    for n in (CNT, BLK, TP, HAND, NEW, OLD):
+        live = ps.Live(pin_root, n)
+        if live.prog_id:
+            pinned["prog"].add(live.prog_id)
+            pinned["map"].update(live.maps.values())
+    deadline = time.time() + wait
+    while True:
+        ours = leaked(before_ids, KPROGS, KMAPS, wait=0)
+        extra = {"prog": ours["prog"] - pinned["prog"], "map": ours["map"] - pinned["map"]}
+        if not any(extra.values()) or time.time() > deadline:
+            return extra
+        time.sleep(0.2)
+
+
+def test_prune_removes_only_names_with_our_record(pin_root, pair, work):
+    old = run({"name": OLD, "object": objpath("rawtp_sys_enter"), "pin_root": pin_root})
+    assert old["changed"], old
+    foreign = os.path.join(pin_root, TAG + "_foreign")
+    os.mkdir(foreign)
+    try:
+        res = state(args_for(pin_root, work, programs(pair), prune=True))
+        assert not res["failed"] and sorted(res["pruned"]) == sorted([HAND, OLD]), res
+        assert [e["action"] for e in res["programs"]][:2] == ["remove", "remove"]
+        assert not os.path.exists(os.path.join(pin_root, OLD)) and ps.read_record(OLD) is None
+        assert not os.path.exists(os.path.join(pin_root, HAND))
+        assert os.path.isdir(foreign) and os.path.isdir(os.path.join(pin_root, CNT))
+    finally:
+        os.rmdir(foreign)
+
+
+def _module_pid(tree_root):
+    """The pid of the running ebpf_state module below process tree_root (its AnsiballZ python)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        argv = cmd.split(b"\0")
+        if os.path.basename(argv[0]).startswith(b"python") and any(b"AnsiballZ_ebpf_state" in a for a in argv) \
+                and _descends(int(entry), tree_root):
+            return int(entry)
+    return None
+
+
+def _parent(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _descends(pid, root):
+    while pid > 1:
+        if pid == root:
+            return True
+        try:
+            pid = _parent(pid)
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
+def test_controller_killed_mid_health_wait_host_rolled_back(pin_root, pair, work, before_ids):
+    names = [CNT, BLK, TP, NEW]
+    view = host_view(pin_root, pair, names, link_ids=False)
+    saved = read_desired(work)
+    progs = programs(pair, blk_object=variant(work, "xdp_blocklist", b"\0\0"), blk_keys=("192.0.2.10", "192.0.2.12"),
+                     blk_health={"check": "counter", "map": kname("verdicts"), "key": 1, "timeout": 8})
+    progs.append({"name": NEW, "object": objpath("rawtp_sys_enter"), "health": {"check": "none"}})
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-c", "local", "-i", "localhost,",
+           "-m", "hypermesh.ebpf.ebpf_state", "-a", json.dumps(args_for(pin_root, work, progs)),
+           "-e", "ansible_python_interpreter=" + sys.executable]
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(TOP, "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=COLLECTIONS,
+               LANG="C")
+    controller = subprocess.Popen(cmd, env=env, cwd=TOP, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  start_new_session=True)
+    module = None
+    deadline = time.time() + 60
+    while time.time() < deadline and module is None:  # the module is in its health wait once NEW is pinned
+        if os.path.exists(os.path.join(pin_root, NEW, "prog")):
+            module = _module_pid(controller.pid)
+        time.sleep(0.1)
+    assert module, "the module never reached its health wait"
+    # kill every controller process above the module (the ansible worker, its parent, the shell between)
+    chain, pid = [], _parent(module)
+    while pid > 1 and _descends(pid, controller.pid):
+        chain.append(pid)
+        pid = _parent(pid)
+    for pid in chain:
+        os.kill(pid, signal.SIGKILL)
+    controller.wait()
+    assert os.path.exists("/proc/%d" % module), "the module died with its controller"
+    deadline = time.time() + 60
+    while time.time() < deadline and os.path.exists("/proc/%d" % module) and _state_of(module) != "Z":
+        time.sleep(0.1)
+    assert not os.path.exists("/proc/%d" % module) or _state_of(module) == "Z"
+    assert host_view(pin_root, pair, names, link_ids=False) == view
+    assert read_desired(work) == saved
+    assert not any(leaked_now(pin_root, before_ids).values())
+
+
+def _state_of(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_remove_everything_leaves_nothing(pin_root, pair, work, before_ids):
+    res = state(args_for(pin_root, work, [], prune=True))
+    assert not res["failed"] and sorted(res["pruned"]) == sorted([CNT, BLK, TP]), res
+    assert json.loads(read_desired(work))["programs"] == []
+    assert not any(leaked(before_ids, KPROGS, KMAPS).values())
