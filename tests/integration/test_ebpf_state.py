@@ -21,6 +21,7 @@ import socket
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -96,16 +97,26 @@ def args_for(pin_root, work, progs, **kw):
 
 
 class Traffic(object):
-    """ping between the pair's namespaces in the background (both XDP programs see packets)."""
+    """In the background: ping between the pair's namespaces (both XDP programs see packets) and openat(2) calls
+    of our own (the tracepoint program counts them: a quiet machine may make none in a health wait)."""
 
     def __init__(self, pair):
         self.proc = subprocess.Popen(["ip", "netns", "exec", pair.ns_b, "ping", "-n", "-q", "-i", "0.2", "-W", "1",
                                       pair.addr_a], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.stop = threading.Event()
+        self.opener = threading.Thread(target=self._open_files)
+        self.opener.start()
+
+    def _open_files(self):
+        while not self.stop.wait(0.1):
+            os.close(os.open("/etc/hostname", os.O_RDONLY))
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        self.stop.set()
+        self.opener.join()
         self.proc.terminate()
         self.proc.wait()
 
