@@ -1,7 +1,9 @@
 """Run every benchmark under bench/ and print one table of ratios (ours / baseline, lower is better).
 
 Each bench/bench_*.py defines `run()` returning a list of {"name", "ours_s", "baseline_s", "ratio", "target"}
-(seconds; `target` is the highest acceptable ratio, or None). Usage, as root from the repository root:
+(seconds; `target` is the highest acceptable ratio, or None), or of counts {"name", "ours_n", "baseline_n",
+"max_n"} (e.g. module runs per host; `max_n` is the highest acceptable `ours_n`, or None; shown in the same
+columns, the limit as "<=N"). Usage, as root from the repository root:
 
     .venv/bin/python bench/run.py [substring ...]     # only the bench files whose name contains a substring
 
@@ -38,6 +40,14 @@ def main(argv):
             failed = True
     print("%-44s %10s %10s %7s %7s  %s" % ("benchmark", "ours s", "base s", "ratio", "target", "ok"))
     for r in rows:
+        if "ours_n" in r:
+            ok = r["ours_n"] is not None and (r["max_n"] is None or r["ours_n"] <= r["max_n"])
+            failed = failed or not ok
+            print("%-44s %10s %10s %7s %7s  %s" % (
+                r["name"], r["ours_n"] if r["ours_n"] is not None else "-",
+                r["baseline_n"] if r["baseline_n"] is not None else "-", "-",
+                "<=%d" % r["max_n"] if r["max_n"] is not None else "-", "yes" if ok else "NO"))
+            continue
         ok = r["ratio"] is not None and (r["target"] is None or r["ratio"] <= r["target"])
         failed = failed or not ok
         print("%-44s %10s %10s %7s %7s  %s" % (

@@ -5,8 +5,8 @@ A result (one JSON file per guest, written by the converge playbook, completed b
   them), programs: {name: {object, attach, outcome: attached|loaded|refused|failed, message, counter}},
   steps: {step: seconds}
 The rollout phase (side_effect.yml) adds results/<guest>.rollout.json (rollout1, rollout2, reboot, prune: changed
-task counts, seconds, the kernel state read in the guest and its problems) and results/plays-side_effect.json
-(every play's seconds, for the phase times).
+task counts, module runs on the host, seconds, the kernel state read in the guest and its problems) and
+results/plays-side_effect.json (every play's seconds, for the phase times; hm_changes).
 """
 import glob
 import json
@@ -176,6 +176,7 @@ def rollout_summary(rec):
     for phase in ("rollout1", "rollout2", "prune"):
         if phase in rec:
             out[phase] = {"changed": rec[phase].get("changed"), "seconds": rec[phase].get("seconds"),
+                          "module_runs": rec[phase].get("module_runs"),
                           "problems": (rec[phase].get("kernel") or {}).get("problems", [])}
     if "reboot" in rec:
         rb = rec["reboot"]
@@ -322,21 +323,29 @@ def to_markdown(report):
     if rolled:
         out += ["", "## Rollout (playbooks/rollout.yml on every guest at once, then reboot, then prune)", "",
                 "Side effect of the scenario (extensions/molecule/default/side_effect.yml): r_blocklist (XDP, "
-                "declared map entry), r_tc (tc egress), r_rawtp (raw tracepoint). Changed tasks per rollout; "
-                "after the reboot, what `hypermesh-ebpf-reapply.service` put back (read in the guest: pins, "
-                "program and link lists, XDP/tc through netlink) and the blocklist's drop count for its entry "
-                "before and after 20 datagrams from that source; prune: the program removed from the kernel.", "",
-                "| guest | rollout 1 changed | rollout 2 changed | reboot (s) | re-apply unit | back after reboot "
-                "| drops counted | prune removed | problems |", "|---|---|---|---|---|---|---|---|---|"]
+                "declared map entry), r_tc (tc egress), r_rawtp (raw tracepoint). Per rollout the changed tasks "
+                "and the module runs on the guest (task results that ran a module there, counted by the "
+                "callback hm_changes; a module run costs 10-15 s under TCG); after the reboot, what "
+                "`hypermesh-ebpf-reapply.service` put back (read in the guest: pins, program and link lists, "
+                "XDP/tc through netlink) and the blocklist's drop count for its entry before and after 20 "
+                "datagrams from that source; prune: the program removed from the kernel.", "",
+                "| guest | rollout 1 changed | rollout 1 module runs | rollout 2 changed | rollout 2 module runs "
+                "| reboot (s) | re-apply unit | back after reboot | drops counted | prune module runs "
+                "| prune removed | problems |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+        def cell(ro, phase, key):
+            v = (ro.get(phase) or {}).get(key)
+            return "-" if v is None else v
         for n in rolled:
             ro = guests[n]["rollout"]
             rb = ro.get("reboot") or {}
             bl = rb.get("blocked") or {}
             problems = [p for k in ("rollout1", "reboot", "prune") for p in (ro.get(k) or {}).get("problems", [])]
-            out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                n, (ro.get("rollout1") or {}).get("changed", "-"), (ro.get("rollout2") or {}).get("changed", "-"),
-                rb.get("seconds", "-"), rb.get("reapply") or "-", ", ".join(rb.get("programs_back", [])) or "-",
-                "%s -> %s" % (bl.get("before"), bl.get("after")) if bl else "-",
+            out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                n, cell(ro, "rollout1", "changed"), cell(ro, "rollout1", "module_runs"),
+                cell(ro, "rollout2", "changed"), cell(ro, "rollout2", "module_runs"), cell(ro, "reboot", "seconds"),
+                rb.get("reapply") or "-", ", ".join(rb.get("programs_back", [])) or "-",
+                "%s -> %s" % (bl.get("before"), bl.get("after")) if bl else "-", cell(ro, "prune", "module_runs"),
                 ", ".join((ro.get("prune") or {}).get("removed", [])) or "-",
                 "; ".join(problems).replace("|", "/") or "none"))
     if report.get("rollout_phases"):
@@ -344,6 +353,7 @@ def to_markdown(report):
                 "| play | seconds |", "|---|---|"]
         for name, secs in report["rollout_phases"]:
             out.append("| %s | %s |" % (name.replace("|", "/"), secs))
+        out.append("| all plays | %s |" % round(sum(secs or 0 for _, secs in report["rollout_phases"]), 1))
     if report.get("steps_seconds"):
         out += ["", "## Steps (seconds, all guests together)", "",
                 "| " + " | ".join(report["steps_seconds"]) + " |",

@@ -52,4 +52,42 @@ fi
 # Make the working tree importable as the collection hypermesh.ebpf.
 mkdir -p .cache/collections/ansible_collections/hypermesh
 ln -sfn "$top" .cache/collections/ansible_collections/hypermesh/ebpf
-echo "bootstrap: ready (ansible-core $(.venv/bin/python -c 'import ansible; print(ansible.__version__)'))"
+
+# The collection's one dependency (galaxy.yml), ansible.posix (the role ebpf_host uses its sysctl and mount
+# modules), next to it. Galaxy is not reachable from here, PyPI is: the `ansible` package bundles ansible.posix.
+# Its wheel, pinned by version and hash, is downloaded (not installed) once and only ansible_collections/ansible/
+# posix/ is taken out of it; the wheel is not kept. A second run only reads the installed MANIFEST.json.
+POSIX_VERSION=2.2.2
+POSIX_FROM="ansible==14.5.0 --hash=sha256:245623ccc2d31d0f6f4bdb63168d550cad305fb032cc43d96e8f61ce8ab0ba84"
+posix=.cache/collections/ansible_collections/ansible/posix
+posix_version() {
+  .venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["collection_info"]["version"])' \
+    "$posix/MANIFEST.json" 2>/dev/null || true
+}
+if [ "$(posix_version)" != "$POSIX_VERSION" ]; then
+  echo "bootstrap: ansible.posix $POSIX_VERSION into $posix (from PyPI's ${POSIX_FROM%% *})"
+  dl=$(mktemp -d .cache/posix-download.XXXXXX)
+  trap 'rm -rf "$top/$dl"' EXIT
+  echo "$POSIX_FROM" > "$dl/requirements.txt"
+  # the `ansible` release wants a newer Python than the venv's: it is only unpacked here, never installed
+  .venv/bin/pip download -q --disable-pip-version-check --no-deps --ignore-requires-python --only-binary=:all: \
+    --require-hashes -r "$dl/requirements.txt" -d "$dl"
+  .venv/bin/python - "$dl"/ansible-*.whl "$dl/posix" <<'PY'
+import sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+prefix = "ansible_collections/ansible/posix/"
+with zipfile.ZipFile(wheel) as z:
+    names = [n for n in z.namelist() if n.startswith(prefix) and not n.endswith("/")]
+    if not names:
+        sys.exit("%s holds no %s" % (wheel, prefix))
+    for n in names:
+        z.extract(n, dest)
+PY
+  rm -rf "$posix"
+  mkdir -p "$(dirname "$posix")"
+  mv "$dl/posix/ansible_collections/ansible/posix" "$posix"
+  rm -rf "$dl"
+  trap - EXIT
+  [ "$(posix_version)" = "$POSIX_VERSION" ] || { echo "bootstrap: $posix is not ansible.posix $POSIX_VERSION" >&2; exit 1; }
+fi
+echo "bootstrap: ready (ansible-core $(.venv/bin/python -c 'import ansible; print(ansible.__version__)'), ansible.posix $(posix_version))"

@@ -39,6 +39,12 @@ snap=".cache/matrix-collections.${run##*.}"
 mkdir -p "$snap/ansible_collections/hypermesh/ebpf"
 tar -C "$top" --exclude=./.git --exclude=./.venv --exclude=./.cache --exclude=__pycache__ -cf - . \
   | tar -C "$snap/ansible_collections/hypermesh/ebpf" -xf -
+# its dependencies (galaxy.yml: ansible.posix), as scripts/bootstrap.sh installed them, beside it: the scenarios'
+# ANSIBLE_COLLECTIONS_PATH is the copy alone
+for ns in .cache/collections/ansible_collections/*/; do
+  ns=${ns%/}
+  [ "${ns##*/}" = hypermesh ] || cp -a "$ns" "$snap/ansible_collections/"
+done
 export HYPERMESH_COLLECTIONS_DIR=${snap#.cache/} ANSIBLE_COLLECTIONS_PATH="$top/$snap"
 echo "matrix: collection copied to $snap ($(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$top" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes'))"
 export HYPERMESH_STATE="$run/guests" HYPERMESH_RESULTS="$run/results" HYPERMESH_PROGRESS="$run/progress.log"

@@ -15,6 +15,10 @@ Under one hold of the host lock (lock.HostLock; the single-object functions call
   commit    desired.json written atomically with generation+1 (state_desired), only after all of the above
   rollback  on any failure (an error, a failed health check, SIGTERM): the snapshot put back exactly, the
             desired state left as it was; the result says which program failed and why.
+Boot mode (set_aside_refused=True, what the boot-time re-apply runs, reapply.py): a program refused at the gate
+(the program or one of its map declarations: an interface that is not there yet) is set aside, reported in its
+result entry with action "refused" and the refusal as its reason, and listed in the result's `set_aside`; the
+others are applied. Nothing else differs (a refused prune still refuses the run; the boot does not prune).
 The transaction does not depend on the controller: SIGHUP, SIGINT and SIGPIPE are ignored while it runs (a
 dropped SSH connection or a killed controller does not stop it half way), and the result is written anyway.
 `ops` replaces the host-facing functions (unit tests). Importable without ansible.
@@ -31,7 +35,12 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils import state_params
 
 
 class Refused(Exception):
-    """The gate refused the run: nothing was changed."""
+    """The gate refused the run: nothing was changed. `name`: the program refused, `why`: the refusal."""
+
+    def __init__(self, name, why):
+        Exception.__init__(self, "program %s: %s" % (name, why))
+        self.name = name
+        self.why = why
 
 
 class Failed(Exception):
@@ -166,14 +175,20 @@ def shielded():
 
 # ---- the transaction ----------------------------------------------------------------------------------------
 class Engine(object):
-    def __init__(self, params, check_mode=False, ops=None):
+    def __init__(self, params, check_mode=False, ops=None, set_aside_refused=False):
         self.wanted, self.opt = state_params.parse(params)
         self.check_mode = check_mode
         self.ops = ops or HostOps()
         self.pin_root = self.opt["pin_root"]
+        self.set_aside_refused = set_aside_refused
         self.entries = {}       # name -> the result entry of that program
         self.predicted = {}     # name -> program_run.apply's result (check mode, then the real one if run)
         self.pruned = []
+        self.set_aside = []     # boot mode: names refused at the gate, left out of the run
+
+    def active(self):
+        """The wanted programs this run applies (all but those set aside)."""
+        return [w for w in self.wanted if w.name not in self.set_aside]
 
     def _entry(self, name, res, action=None, reason=None):
         act, why = action_of(res)
@@ -199,11 +214,22 @@ class Engine(object):
             else:
                 self._entry(name, res)
         for w in self.wanted:
-            res = self._try(w.name, self.ops.apply_program, dict(w.program), True)
-            self.predicted[w.name] = res
-            entry = self._entry(w.name, res)
-            for m in w.maps:
-                entry["maps"].append(self._predict_map(w, entry, m))
+            try:
+                self._gate_one(w)
+            except Refused as e:
+                if not self.set_aside_refused:
+                    raise
+                self.predicted.pop(w.name, None)
+                self.entries[w.name] = {"name": w.name, "action": "refused", "changed": False, "reason": e.why,
+                                        "maps": []}
+                self.set_aside.append(w.name)
+
+    def _gate_one(self, w):
+        res = self._try(w.name, self.ops.apply_program, dict(w.program), True)
+        self.predicted[w.name] = res
+        entry = self._entry(w.name, res)
+        for m in w.maps:
+            entry["maps"].append(self._predict_map(w, entry, m))
 
     def _predict_map(self, w, entry, m):
         if entry["action"] == "none" or self.ops.map_exists(m):
@@ -218,7 +244,7 @@ class Engine(object):
         try:
             return fn(params, check_mode)
         except self.ops.errors() as e:
-            raise Refused("program %s: %s%s" % (name, (what + ": ") if what else "", e))
+            raise Refused(name, "%s%s" % ((what + ": ") if what else "", e))
 
     # apply, health, commit
     def apply(self):
@@ -226,7 +252,7 @@ class Engine(object):
             if self.entries[name]["changed"]:
                 self._step(name, None, self.ops.apply_program, {"name": name, "state": "absent",
                                                                 "pin_root": self.pin_root})
-        for w in self.wanted:
+        for w in self.active():
             entry = self.entries[w.name]
             if entry["changed"]:
                 res = self._step(w.name, None, self.ops.apply_program, dict(w.program))
@@ -245,7 +271,7 @@ class Engine(object):
             raise Failed(name, "%s%s" % ((what + ": ") if what else "", e))
 
     def check_health(self):
-        items = health_items(self.wanted, self.entries, self.opt["health_checks"])
+        items = health_items(self.active(), self.entries, self.opt["health_checks"])
         if not items:
             return
         try:
@@ -269,8 +295,8 @@ class Engine(object):
             self.gate()
             if self.check_mode:
                 return self.result(previous, self._commit(previous, True))
-            names = self.pruned + [w.name for w in self.wanted]
-            maps = [m for w in self.wanted for m in w.maps]
+            names = self.pruned + [w.name for w in self.active()]
+            maps = [m for w in self.active() for m in w.maps]
             snap = self.ops.snapshot(names, maps, self.pin_root) if self.opt["rollback"] else None
             try:
                 with shielded():
@@ -319,6 +345,8 @@ class Engine(object):
         entries = [self.entries[n] for n in self.pruned] + [self.entries[w.name] for w in self.wanted]
         changed = any(e["changed"] or any(m["changed"] for m in e["maps"]) for e in entries)
         out = {"changed": bool(changed or generation), "programs": entries, "pruned": list(self.pruned)}
+        if self.set_aside_refused:
+            out["set_aside"] = list(self.set_aside)
         if previous is not None:
             out["generation"] = generation or previous.get("generation", 0)
             out["desired_changed"] = generation is not None
@@ -329,8 +357,10 @@ class Engine(object):
         return out
 
 
-def run(params, check_mode=False, ops=None):
+def run(params, check_mode=False, ops=None, set_aside_refused=False):
     """Apply the host's whole desired state (ebpf_state's options). Returns the result dict (with failed=True
     and the rollback when a step after the first change failed); raises Refused (nothing changed) or
-    state_params.StateError for bad input."""
-    return Engine(params, check_mode, ops).run()
+    state_params.StateError for bad input. set_aside_refused=True is the boot mode (see the module's doc): a
+    program refused at the gate is set aside (action "refused", listed in `set_aside`) instead of refusing the
+    run."""
+    return Engine(params, check_mode, ops, set_aside_refused).run()

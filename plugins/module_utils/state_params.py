@@ -19,6 +19,8 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils.params import with_
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/hypermesh"
 DEFAULT_DESIRED = "/etc/hypermesh-ebpf/desired.json"
+DEFAULT_OBJECTS_DIR = "/var/lib/hypermesh-ebpf/objects"
+DEFAULT_LIB_DIR = "/usr/lib/hypermesh-ebpf"
 HEALTH_CHECKS = ("run_count", "counter", "none")
 
 MAP_SPEC = dict(
@@ -43,8 +45,25 @@ _PROGRAM_OPTIONS.update(
     maps=dict(type="list", elements="dict", default=[], options=MAP_SPEC),
     health=dict(type="dict", options=HEALTH_SPEC),
 )
+OBJECT_SPEC = dict(
+    sha256=dict(type="str", required=True),
+    content=dict(type="str", no_log=True),
+)
+CODE_FILE_SPEC = dict(
+    name=dict(type="str", required=True),
+    content=dict(type="str", required=True, no_log=True),
+)
+REAPPLY_CODE_SPEC = dict(
+    digest=dict(type="str", required=True),
+    files=dict(type="list", elements="dict", options=CODE_FILE_SPEC),
+)
 ARGUMENT_SPEC = dict(
     programs=dict(type="list", elements="dict", default=[], options=_PROGRAM_OPTIONS),
+    objects_dir=dict(type="path", default=DEFAULT_OBJECTS_DIR),
+    objects=dict(type="list", elements="dict", default=[], options=OBJECT_SPEC),
+    reapply_code=dict(type="dict", options=REAPPLY_CODE_SPEC),
+    lib_dir=dict(type="path", default=DEFAULT_LIB_DIR),
+    reapply_unit=dict(type="bool", default=True),
     pin_root=dict(type="path", default=DEFAULT_PIN_ROOT),
     prune=dict(type="bool", default=False),
     rollback=dict(type="bool", default=True),

@@ -11,7 +11,11 @@ short_description: Apply a host's whole eBPF desired state as one transaction, o
 description:
   - Takes every program the host must run (with its attach point, map entries and health check) and applies
     them in one module run, under one hold of the host lock C(/run/hypermesh-ebpf/lock).
-  - B(Gate first.) Every program and map declaration goes through the check mode of M(hypermesh.ebpf.ebpf_program)
+  - B(Objects first.) Under the same hold, before the gate, the objects the programs use are stored in
+    O(objects_dir) (the gate opens them); a refused run removes those it stored. When an object or the re-apply
+    code is missing or damaged and its content was not given, the run lists it in RV(missing) and changes
+    nothing.
+  - B(Gate.) Every program and map declaration goes through the check mode of M(hypermesh.ebpf.ebpf_program)
     and M(hypermesh.ebpf.ebpf_map) (the same probes, requirements table, object, attach point and entry checks);
     when any is refused nothing changes.
   - B(Apply.) With O(prune=true), managed programs (a state record of ours under O(pin_root)) that are not
@@ -158,6 +162,67 @@ options:
             default: auto
             description: How the counter's value is read.
           timeout: {type: float, description: Seconds to wait (default O(health_timeout)).}
+  objects_dir:
+    description: The content-addressed object store, C(<objects_dir>/<sha256>.bpf.o) (root's, files 0644, the
+      directory 0755, made when missing; a directory on its path that is a link or that another user owns or
+      can write is refused).
+    type: path
+    default: /var/lib/hypermesh-ebpf/objects
+  objects:
+    description:
+      - The objects the programs use. One that is there intact (a regular file of root's nobody else can
+        write, with that digest) is left alone.
+      - A missing or damaged one is written atomically from O(objects[].content), also in check mode (the gate
+        reads it); without a content it is listed in RV(missing) and the run changes nothing.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      sha256:
+        description: Digest of the object (its name in O(objects_dir)).
+        type: str
+        required: true
+      content:
+        description: The object, base64. Refused, with nothing changed, when its digest is not O(objects[].sha256).
+        type: str
+  reapply_code:
+    description:
+      - The collection's module_utils (C(plugins/module_utils/*.py)) the boot-time re-apply runs, kept in
+        C(<lib_dir>/ansible_collections/hypermesh/ebpf/plugins/module_utils/). Only with O(persist=true).
+      - The installed directory is current when its digest is O(reapply_code.digest) and every directory from
+        O(lib_dir) down and every file in it is root's, not a link and writable by no one else. Otherwise it is
+        replaced whole from O(reapply_code.files) (files 0644, directories 0755), or, without them, reported in
+        RV(missing) and the run changes nothing. Check mode predicts.
+    type: dict
+    suboptions:
+      digest:
+        description: sha256 of the concatenation, over the files sorted by name, of C(<name> <sha256 of content>\n).
+        type: str
+        required: true
+      files:
+        description: The files; refused, with nothing changed, when their digest is not O(reapply_code.digest).
+        type: list
+        elements: dict
+        suboptions:
+          name:
+            description: File name (flat, C(*.py)).
+            type: str
+            required: true
+          content:
+            description: The file (base64).
+            type: str
+            required: true
+  lib_dir:
+    description: Where O(reapply_code) is installed (the unit's C(PYTHONPATH)).
+    type: path
+    default: /usr/lib/hypermesh-ebpf
+  reapply_unit:
+    description: With O(persist=true) on a host booted with systemd, write
+      C(/etc/systemd/system/hypermesh-ebpf-reapply.service) when it differs (then C(systemctl daemon-reload)) and
+      enable it when it is not. It runs the module's Python with the code in O(lib_dir) on O(desired), after
+      C(sys-fs-bpf.mount) and C(network-online.target). Check mode predicts.
+    type: bool
+    default: true
   pin_root:
     description: bpffs directory under which the programs are pinned.
     type: path
@@ -200,6 +265,7 @@ EXAMPLES = r"""
 - name: The whole eBPF state of the host, one transaction
   hypermesh.ebpf.ebpf_state:
     prune: true
+    objects: [{sha256: 1bc4...}, {sha256: 77aa...}]   # contents given only for those the host lacks
     programs:
       - name: blocklist
         object: /var/lib/hypermesh-ebpf/objects/1bc4.bpf.o
@@ -216,9 +282,21 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+missing:
+  description: What the host lacks and no content was given for (O(objects) digests, O(reapply_code)); nothing
+    else was done.
+  returned: when something is missing
+  type: dict
+  sample: {objects: [1bc4...], code: false}
+installed:
+  description: What was installed (O(objects) digests written before the gate, also in check mode; the
+    re-apply code and unit after the commit, predicted in check mode).
+  returned: unless something is missing
+  type: dict
+  sample: {objects: [1bc4...], code: true, unit: false}
 programs:
   description: Per program (pruned ones first), what was done (or would be, in check mode) and why.
-  returned: always
+  returned: unless something is missing
   type: list
   elements: dict
   sample: [{name: blocklist, action: replace, changed: true, reason: "object sha256 1bc4 -> 77aa",
@@ -233,7 +311,7 @@ programs:
       type: str
 pruned:
   description: Names removed (or to be removed) by O(prune).
-  returned: always
+  returned: unless something is missing
   type: list
   elements: str
 generation:
@@ -266,22 +344,63 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils import pycache
 
 pycache.use_host_copy("ebpf_state")  # the module_utils below: compiled once per host, not on every run
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import host_paths  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state  # noqa: E402
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import state_engine  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import state_install  # noqa: E402
 from ansible_collections.hypermesh.ebpf.plugins.module_utils.state_params import (  # noqa: E402
-    ARGUMENT_SPEC, StateError)
+    ARGUMENT_SPEC, StateError, parse)
+
+
+def _missing_message(missing):
+    parts = ["objects %s" % ", ".join(missing["objects"])] if missing["objects"] else []
+    if missing["code"]:
+        parts.append("the re-apply code (reapply_code.files)")
+    return "missing on the host, nothing changed: %s; run again with their contents" % "; ".join(parts)
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        result = state_engine.run(module.params, module.check_mode)
-    except (state_engine.Refused, StateError) as e:
+        parse(module.params)  # the programs checked before anything is touched
+        with lock.HostLock():  # one hold for install and transaction (the engine takes it again inside)
+            result = _run(module)
+    except (StateError, lock.LockTimeout) as e:
         module.fail_json(msg="refused, nothing changed: %s" % e, changed=False)
     if not module._diff:
         result.pop("diff", None)
     if result.pop("failed", False):
         module.fail_json(**result)
     module.exit_json(**result)
+
+
+def _run(module):
+    """Objects before the gate (it opens them), the transaction, then the re-apply code and unit (only after a
+    commit: a refused or rolled-back run leaves them as they were)."""
+    try:
+        inst = state_install.Install(module.params, state_dir=program_state.STATE_DIR)
+        if inst.missing:
+            return dict(changed=False, missing=inst.missing, msg=_missing_message(inst.missing))
+        installed = {"objects": inst.objects(), "code": False, "unit": False}
+    except (state_install.InstallError, host_paths.UnsafePath) as e:
+        module.fail_json(msg="refused, nothing changed: %s" % e, changed=False)
+    except (IOError, OSError) as e:
+        module.fail_json(msg="could not store the objects (no program changed): %s" % e, changed=True)
+    try:
+        result = state_engine.run(module.params, module.check_mode)
+    except (state_engine.Refused, StateError) as e:
+        inst.undo_objects()  # the objects this run stored where there were none: the host as it was
+        module.fail_json(msg="refused, nothing changed: %s" % e, changed=False)
+    if not result.get("failed"):
+        try:
+            installed.update(inst.rest(module.check_mode))
+        except (IOError, OSError, host_paths.UnsafePath) as e:
+            result.update(failed=True, msg="applied and committed, but the re-apply code or unit could not be "
+                                           "installed: %s" % e)
+    result["installed"] = installed
+    result["changed"] = bool(result.get("changed") or any(installed.values()))
+    return result
 
 
 if __name__ == "__main__":

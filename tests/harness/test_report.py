@@ -59,13 +59,14 @@ def test_guest_order():
 
 ROLLOUT = {
     "guest": "bullseye",
-    "rollout1": {"seconds": 300.0, "changed": 9, "changed_tasks": ["Load, pin and attach the programs"],
+    "rollout1": {"seconds": 300.0, "changed": 1, "module_runs": 2,
+                 "changed_tasks": ["Apply the desired state on the host (one transaction)"],
                  "kernel": {"programs": {"r_tc": {"prog_id": 40}}, "problems": []}},
-    "rollout2": {"seconds": 250.0, "changed": 0, "ok": 20, "changed_tasks": []},
+    "rollout2": {"seconds": 250.0, "changed": 0, "ok": 2, "module_runs": 1, "changed_tasks": []},
     "reboot": {"seconds": 71, "reapply": ["ActiveState=active", "ExecMainStatus=0", "Result=success", "--- journal"],
                "kernel": {"programs": {"r_tc": {"prog_id": 7}, "r_blocklist": {"prog_id": 8}},
                           "blocked": {"before": 0, "after": 20, "key": "10.199.1.1"}, "problems": []}},
-    "prune": {"seconds": 200.0, "changed": 3, "changed_tasks": [],
+    "prune": {"seconds": 200.0, "changed": 1, "module_runs": 1, "changed_tasks": [],
               "kernel": {"absent": {"r_rawtp": {"pins_left": []}},
                          "problems": ["r_rawtp: program 9 still loaded"]}},
 }
@@ -75,20 +76,37 @@ def test_rollout_record_and_phases(tmp_path):
     write_run(tmp_path)
     (tmp_path / "results" / "bullseye.rollout.json").write_text(json.dumps(ROLLOUT))
     (tmp_path / "results" / "plays-side_effect.json").write_text(json.dumps(
-        {"plays": [{"name": "Roll eBPF programs out (canary, then batches)", "seconds": 300.0}]}))
+        {"plays": [{"name": "Roll eBPF programs out (canary, then batches)", "seconds": 300.0},
+                   {"name": "Rollout 1 - it changed the guests", "seconds": 8.5}]}))
     out = tmp_path / "docs"
     out.mkdir()
     rep = report.write(report.load_run(str(tmp_path)), str(out), generated="2026-11-26T00:00:00Z")
     ro = rep["guests"]["bullseye"]["rollout"]
-    assert ro["rollout1"]["changed"] == 9 and ro["rollout2"]["changed"] == 0
+    assert ro["rollout1"]["changed"] == 1 and ro["rollout2"]["changed"] == 0
+    assert [ro[k]["module_runs"] for k in ("rollout1", "rollout2", "prune")] == [2, 1, 1]
     assert ro["reboot"]["programs_back"] == ["r_blocklist", "r_tc"]
     assert ro["reboot"]["reapply"] == "ActiveState=active ExecMainStatus=0"
     assert ro["prune"]["removed"] == ["r_rawtp"]
-    assert rep["rollout_phases"] == [["Roll eBPF programs out (canary, then batches) [rollout 1]", 300.0]]
+    assert rep["rollout_phases"] == [["Roll eBPF programs out (canary, then batches) [rollout 1]", 300.0],
+                                     ["Rollout 1 - it changed the guests", 8.5]]
     md = (out / "kernel-matrix.md").read_text()
-    assert ("| bullseye | 9 | 0 | 71 | ActiveState=active ExecMainStatus=0 | r_blocklist, r_tc | 0 -> 20 "
-            "| r_rawtp | r_rawtp: program 9 still loaded |") in md
+    assert ("| guest | rollout 1 changed | rollout 1 module runs | rollout 2 changed | rollout 2 module runs "
+            "| reboot (s) |") in md
+    assert ("| bullseye | 1 | 2 | 0 | 1 | 71 | ActiveState=active ExecMainStatus=0 | r_blocklist, r_tc | 0 -> 20 "
+            "| 1 | r_rawtp | r_rawtp: program 9 still loaded |") in md
     assert "| Roll eBPF programs out (canary, then batches) [rollout 1] | 300.0 |" in md
+    assert "| all plays | 308.5 |" in md
+
+
+def test_rollout_record_without_module_runs(tmp_path):
+    """A record of a run before module runs were counted: "-" in those columns."""
+    write_run(tmp_path)
+    old = {k: dict(v) for k, v in ROLLOUT.items() if isinstance(v, dict)}
+    for k in ("rollout1", "rollout2", "prune"):
+        old[k].pop("module_runs")
+    (tmp_path / "results" / "bullseye.rollout.json").write_text(json.dumps(old))
+    md = report.to_markdown(report.to_json(report.load_run(str(tmp_path))))
+    assert "| bullseye | 1 | - | 0 | - | 71 |" in md
 
 
 def test_no_rollout_no_section(tmp_path):

@@ -12,8 +12,15 @@ tests'). Traffic only between the pair's namespaces.
 - prune removes only names with a record of ours;
 - the controller SIGKILLed mid-health-wait: the module finishes its transaction on its own and the host is
   rolled back;
-- at the end, nothing of ours is left in the kernel.
+- at the end, nothing of ours is left in the kernel;
+- what a run installs before its gate (objects, reapply_code; run through ansible-playbook, the code is too
+  large for a command line): without contents the missing ones are listed and nothing changes; with them the
+  objects are written (root's, 0644, under their digest) and the programs applied, the code installed whole (and
+  importable from lib_dir); a damaged object or code is missing again, rewritten given its content (objects also
+  in check mode), and nothing is written again when current. No systemd here: the unit is not written.
 """
+import base64
+import hashlib
 import json
 import os
 import signal
@@ -21,6 +28,7 @@ import socket
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -357,4 +365,180 @@ def test_remove_everything_leaves_nothing(pin_root, pair, work, before_ids):
     res = state(args_for(pin_root, work, [], prune=True))
     assert not res["failed"] and sorted(res["pruned"]) == sorted([CNT, BLK, TP]), res
     assert json.loads(read_desired(work))["programs"] == []
+    assert not any(leaked(before_ids, KPROGS, KMAPS).values())
+
+
+# ---- what the run installs before its gate -------------------------------------------------------------------
+INST = TAG + "_inst"
+UNIT = "/etc/systemd/system/hypermesh-ebpf-reapply.service"
+REAPPLY = "ansible_collections.hypermesh.ebpf.plugins.module_utils.reapply"
+
+
+def state_play(args, check=False):
+    """ebpf_state through ansible-playbook, the arguments in the playbook file; returns the module's result and
+    the text ansible printed."""
+    d = tempfile.mkdtemp(prefix="hm-state-play-")
+    try:
+        book = os.path.join(d, "play.json")
+        with open(book, "w") as f:
+            json.dump([{"hosts": "localhost", "gather_facts": False,
+                        "tasks": [{"name": "state", "hypermesh.ebpf.ebpf_state": args}]}], f)
+        cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-c", "local", "-i", "localhost,",
+               book, "-e", "ansible_python_interpreter=" + sys.executable] + (["--check"] if check else [])
+        env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(TOP, "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=COLLECTIONS,
+                   ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.tree",
+                   ANSIBLE_CALLBACK_TREE_DIR=os.path.join(d, "tree"), ANSIBLE_NOCOLOR="1", LANG="C")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=TOP, check=False)
+        try:
+            with open(os.path.join(d, "tree", "localhost")) as f:
+                text = f.read()
+        except OSError:
+            raise AssertionError("no result (rc=%d)\n%s\n%s"
+                                 % (proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
+        result = json.loads(text)
+        result.setdefault("failed", proc.returncode != 0)
+        return result, text + proc.stdout + proc.stderr
+    finally:
+        shutil.rmtree(d)
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def b64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def code_files():
+    d = os.path.join(TOP, "plugins", "module_utils")
+    return dict((n, open(os.path.join(d, n), "rb").read()) for n in sorted(os.listdir(d)) if n.endswith(".py"))
+
+
+def code_digest(files):
+    """The documented digest, written out here: sha256 over "<name> <sha256>\\n" of the files sorted by name."""
+    return sha("".join("%s %s\n" % (n, sha(files[n])) for n in sorted(files)).encode())
+
+
+@pytest.fixture(scope="module")
+def store(work):
+    data = open(objpath("rawtp_sys_enter"), "rb").read()
+    d = {"objects_dir": os.path.join(work, "var", "objects"), "lib_dir": os.path.join(work, "usr", "lib"),
+         "desired": os.path.join(work, "inst", "desired.json"), "data": data, "sha": sha(data)}
+    d["object"] = os.path.join(d["objects_dir"], d["sha"] + ".bpf.o")
+    d["code"] = os.path.join(d["lib_dir"], "ansible_collections", "hypermesh", "ebpf", "plugins", "module_utils")
+    return d
+
+
+def install_args(pin_root, store, contents=False):
+    obj = {"sha256": store["sha"]}
+    files = code_files()
+    code = {"digest": code_digest(files)}
+    if contents:
+        obj["content"] = b64(store["data"])
+        code["files"] = [{"name": n, "content": b64(c)} for n, c in sorted(files.items())]
+    return {"programs": [{"name": INST, "object": store["object"], "sha256": store["sha"],
+                          "health": {"check": "none"}}],
+            "pin_root": pin_root, "desired": store["desired"], "objects_dir": store["objects_dir"],
+            "objects": [obj], "lib_dir": store["lib_dir"], "reapply_code": code}
+
+
+def code_tree(store):
+    """{name: (mode, uid, content)} of the installed code, and the directory's inode."""
+    out = {}
+    for n in os.listdir(store["code"]):
+        st = os.lstat(os.path.join(store["code"], n))
+        out[n] = (stat_mode(st), st.st_uid, open(os.path.join(store["code"], n), "rb").read())
+    return out, os.lstat(store["code"]).st_ino
+
+
+def stat_mode(st):
+    return st.st_mode & 0o7777
+
+
+def test_install_missing_objects_and_code_listed_nothing_changed(pin_root, store):
+    unit_before = os.path.exists(UNIT)
+    res, _text = state_play(install_args(pin_root, store))
+    assert not res["failed"] and not res["changed"], res
+    assert res["missing"] == {"objects": [store["sha"]], "code": True}, res
+    assert "programs" not in res and "installed" not in res
+    assert not os.path.exists(os.path.join(pin_root, INST)) and ps.read_record(INST) is None
+    assert not os.path.exists(store["desired"]) and not os.path.exists(os.path.dirname(store["objects_dir"]))
+    assert not os.path.exists(store["lib_dir"]) and os.path.exists(UNIT) == unit_before
+
+
+def test_install_with_contents_writes_objects_code_and_applies(pin_root, store):
+    args = install_args(pin_root, store, contents=True)
+    res, text = state_play(args)
+    assert not res["failed"] and res["changed"], (res.get("msg"), res)
+    assert res["installed"] == {"objects": [store["sha"]], "code": True, "unit": False}, res
+    assert args["objects"][0]["content"] not in text  # no_log
+    st = os.lstat(store["object"])
+    assert (st.st_uid, stat_mode(st)) == (0, 0o644) and open(store["object"], "rb").read() == store["data"]
+    assert stat_mode(os.lstat(store["objects_dir"])) == 0o755 and os.listdir(store["objects_dir"]) == [
+        store["sha"] + ".bpf.o"]
+    assert [e["action"] for e in res["programs"]] == ["load"]
+    live = ps.Live(pin_root, INST)
+    assert live.prog_id == res["programs"][0]["prog_id"] and ps.read_record(INST)["sha256"] == store["sha"]
+    assert json.loads(open(store["desired"]).read())["generation"] == 1
+    files, _ino = code_tree(store)
+    assert files == dict((n, (0o644, 0, c)) for n, c in code_files().items())
+    d = store["code"]
+    while d != os.path.dirname(store["lib_dir"]):
+        assert (os.lstat(d).st_uid, stat_mode(os.lstat(d))) == (0, 0o755), d
+        d = os.path.dirname(d)
+    # the boot-time re-apply imports the installed code from lib_dir
+    out = subprocess.run([sys.executable, "-c", "import %s as r; print(r.__file__)" % REAPPLY], cwd="/",
+                         env={"PYTHONPATH": store["lib_dir"], "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == os.path.join(store["code"], "reapply.py")
+    assert sorted(os.listdir(store["code"])) == sorted(code_files())  # no __pycache__ left by that import
+    # no systemd on this host (/run/systemd/system is not a directory): no unit
+    assert not os.path.isdir("/run/systemd/system") and not os.path.exists(UNIT)
+
+
+def test_install_damaged_object_and_code_missing_then_rewritten(pin_root, store):
+    prog_id = ps.Live(pin_root, INST).prog_id
+    os.chmod(store["object"], 0o646)                      # writable by others: damaged
+    planted = os.path.join(store["code"], "planted.py")   # a file that is not the collection's: not current
+    with open(planted, "w") as f:
+        f.write("import os\n")
+    res, _text = state_play(install_args(pin_root, store))
+    assert not res["failed"] and not res["changed"], res
+    assert res["missing"] == {"objects": [store["sha"]], "code": True}, res
+    assert stat_mode(os.lstat(store["object"])) == 0o646 and os.path.exists(planted)
+    # check mode with the contents: the object is written (the gate reads it), the code only predicted
+    res, _text = state_play(install_args(pin_root, store, contents=True), check=True)
+    assert not res["failed"] and res["changed"], res
+    assert res["installed"] == {"objects": [store["sha"]], "code": True, "unit": False}, res
+    assert stat_mode(os.lstat(store["object"])) == 0o644 and os.path.exists(planted)
+    assert [e["action"] for e in res["programs"]] == ["none"]
+    # really, with the contents: the code directory replaced whole
+    with open(store["object"], "r+b") as f:
+        f.write(b"damaged")
+    _files, ino = code_tree(store)
+    res, _text = state_play(install_args(pin_root, store, contents=True))
+    assert not res["failed"] and res["changed"], (res.get("msg"), res)
+    assert res["installed"] == {"objects": [store["sha"]], "code": True, "unit": False}, res
+    assert open(store["object"], "rb").read() == store["data"]
+    files, new_ino = code_tree(store)
+    assert new_ino != ino and files == dict((n, (0o644, 0, c)) for n, c in code_files().items())
+    assert [e["action"] for e in res["programs"]] == ["none"] and ps.Live(pin_root, INST).prog_id == prog_id
+
+
+def test_install_current_changes_nothing(pin_root, store):
+    files, ino = code_tree(store)
+    obj = os.lstat(store["object"])
+    for contents in (False, True):
+        res, _text = state_play(install_args(pin_root, store, contents=contents))
+        assert not res["failed"] and not res["changed"], (res.get("msg"), res)
+        assert res["installed"] == {"objects": [], "code": False, "unit": False}, res
+        assert [e["action"] for e in res["programs"]] == ["none"]
+    assert code_tree(store) == (files, ino)
+    assert os.lstat(store["object"]).st_mtime_ns == obj.st_mtime_ns and not os.path.exists(UNIT)
+
+
+def test_install_cleanup_leaves_nothing(pin_root, store, before_ids):
+    res = state({"programs": [], "pin_root": pin_root, "desired": store["desired"], "prune": True})
+    assert not res["failed"] and res["pruned"] == [INST], res
     assert not any(leaked(before_ids, KPROGS, KMAPS).values())

@@ -20,7 +20,7 @@ import uuid
 import pytest
 
 from tests.conftest import ansible_module, needs_root
-from tests.integration.test_roles import failure_messages, run_playbook, task_results
+from tests.integration.test_roles import failure_messages, run_playbook, state_result
 from test_ebpf_program_common import OBJECTS, kernel_ids, kname, leaked, mounts, private_object
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
@@ -89,8 +89,8 @@ OPENAT = {"name": "openat", "object": os.path.join(OBJECTS, "tp_openat.bpf.o"),
 
 
 def _pruned(doc):
-    res = task_results(doc, "localhost", "no longer listed")
-    return [r["item"] for r in (res[0].get("results") or [])] if res else []
+    """The names ebpf_state pruned (the role's one transaction)."""
+    return state_result(doc, "localhost")["pruned"]
 
 
 def test_prune_with_a_shared_map_succeeds_and_spares_other_tools_pins(host):

@@ -8,14 +8,16 @@ ebpf_programs through playbooks/rollout.yml, against three inventory hosts that 
 (connection local), each with its own pin root, state, config and lib directories and its own veth pair between
 two network namespaces made here; pings run inside those namespaces only. The rollouts run from a copy of the
 collection taken when the fleet is made, so an edit of the working tree during the tests changes nothing the
-role installs: a module_utils install that is not needed is a failure. In order:
-  check mode (changed, nothing in the kernel) -> rollout (changed) -> rollout again (nothing changed) ->
-  check mode again (nothing to change) -> module_utils installed again only when one is missing or damaged ->
-  a kprobe program refused by the gate where probes.probe("kprobe") says unsupported, nothing changed ->
-  prune drops a program
-  removed from the list -> a canary whose health check cannot pass (its program counts packets on an interface
-  where nothing sends any) is rolled back and the rollout stops before the next batch -> boot-time re-apply from
-  desired.json (skipped until the module code it calls exists).
+role installs: a module_utils install that is not needed is a failure. The role is one ebpf_state run per host
+(two when the host lacks an object or the module_utils); what it did is read from those runs' results, and the
+module runs per host are counted from the tasks that ran there (controller-only actions left out). In order:
+  check mode (changed, nothing in the kernel) -> rollout (2 module runs, changed) -> rollout again (1 module run,
+  nothing changed) -> check mode again (nothing to change) -> a damaged object written again, nothing else ->
+  module_utils installed again only when one is missing or damaged -> a kprobe program refused by the gate where
+  probes.probe("kprobe") says unsupported, no program changed -> prune drops a program removed from the list ->
+  a canary whose health check cannot pass (its program counts packets on an interface where nothing sends any)
+  is rolled back and the rollout stops before the next batch -> the verifier rejecting the third program undoes
+  the second.
 """
 import hashlib
 import json
@@ -58,7 +60,8 @@ class CallbackModule(CallbackBase):
         self.plays.append({"play": {"name": play.get_name()}, "tasks": []})
 
     def v2_playbook_on_task_start(self, task, is_conditional):
-        self.plays[-1]["tasks"].append({"task": {"name": task.get_name()}, "hosts": {}, "start": time.time()})
+        self.plays[-1]["tasks"].append({"task": {"name": task.get_name(), "action": task.action}, "hosts": {},
+                                        "start": time.time()})
 
     def _record(self, result, **extra):
         res = getattr(result, "result", None)
@@ -166,88 +169,6 @@ def _write(path, text):
     with open(path, "w") as f:
         f.write(text)
     return path
-
-
-def test_ebpf_host_check_mode_changes_nothing(tmp_path):
-    play = _write(str(tmp_path / "host.yml"), HOST_PLAY)
-    fstab = _write(str(tmp_path / "fstab"), "# test fstab\n")
-    before = open("/proc/sys/kernel/bpf_stats_enabled").read()
-    want = "0" if before.strip() == "1" else "1"
-    rc, doc = run_playbook(play, check=True, extra=[
-        json.dumps({"ebpf_host_fstab": fstab, "ebpf_host_sysctls": {"kernel.bpf_stats_enabled": int(want)}})])
-    assert rc == 0, failure_messages(doc)
-    assert doc["stats"]["localhost"]["changed"] >= 2           # the fstab line, the sysctl file, the live value
-    live = task_results(doc, "localhost", "apply the sysctls")[0]
-    assert "set kernel.bpf_stats_enabled=%s" % want in live["stdout"]
-    assert open("/proc/sys/kernel/bpf_stats_enabled").read() == before
-    assert open(fstab).read() == "# test fstab\n"
-    assert not os.path.exists("/etc/sysctl.d/60-hypermesh-ebpf.conf")
-
-
-def test_ebpf_host_rejects_unknown_sysctl(tmp_path):
-    play = _write(str(tmp_path / "host.yml"), HOST_PLAY)
-    rc, doc = run_playbook(play, extra=[json.dumps({"ebpf_host_sysctls": {"kernel.panic": 1}})])
-    assert rc != 0
-    assert "kernel.panic" in failure_messages(doc)
-    assert not os.path.exists("/etc/sysctl.d/60-hypermesh-ebpf.conf")
-
-
-def test_ebpf_host_mounts_bpffs_and_sets_sysctls_idempotently(tmp_path):
-    """For real, in a private mount namespace: bpffs unmounted there first, /etc/sysctl.d from a temp dir."""
-    play = _write(str(tmp_path / "host.yml"), HOST_PLAY)
-    fstab = _write(str(tmp_path / "fstab"), "# test fstab\n")
-    sysctl_d = tmp_path / "sysctl.d"
-    sysctl_d.mkdir()
-    before = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
-    want = "0" if before == "1" else "1"
-    extra = json.dumps({"ebpf_host_fstab": fstab, "ebpf_host_packages": False,
-                        "ebpf_host_sysctls": {"kernel.bpf_stats_enabled": int(want)}})
-    script = tmp_path / "inner.sh"
-    runs = []
-    for i in (1, 2):
-        out = str(tmp_path / ("run%d.json" % i))
-        runs.append(out)
-    _write(str(script), "\n".join([
-        "set -e",
-        # bpffs may be mounted more than once on top of itself (each mount hides the one below)
-        "while grep -q ' /sys/fs/bpf bpf ' /proc/mounts; do umount -l /sys/fs/bpf; done",
-        "mount --bind %s /etc/sysctl.d" % sysctl_d,
-        '"$@" > %s || true' % runs[0],
-        "grep ' /sys/fs/bpf bpf ' /proc/mounts > %s/mounts" % tmp_path,
-        '"$@" > %s || true' % runs[1],
-    ]) + "\n")
-    env = callback_env()
-    try:
-        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", str(script), PLAYBOOK,
-                               "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=" + sys.executable,
-                               "-e", extra, play], capture_output=True, text=True, env=env, cwd=TOP, check=False)
-        assert proc.returncode == 0, proc.stderr
-        docs = [json.load(open(r)) for r in runs]
-        assert docs[0]["stats"]["localhost"]["failures"] == 0, failure_messages(docs[0])
-        first, second = docs[0]["stats"]["localhost"], docs[1]["stats"]["localhost"]
-        # run 1: fstab line, sysctl file, bpffs mounted + sysctl set; run 2: nothing to do
-        assert first["changed"] == 3, first
-        assert second["changed"] == 0 and second["failures"] == 0, second
-        live = task_results(docs[0], "localhost", "apply the sysctls")[0]["stdout"]
-        assert "mount bpffs on /sys/fs/bpf" in live and "set kernel.bpf_stats_enabled=%s" % want in live
-        assert "/sys/fs/bpf bpf" in open(str(tmp_path / "mounts")).read()
-        assert open("/proc/sys/kernel/bpf_stats_enabled").read().strip() == want
-        assert open(fstab).read().count(" /sys/fs/bpf bpf ") == 1
-        assert open(str(sysctl_d / "60-hypermesh-ebpf.conf")).read().endswith(
-            "kernel.bpf_stats_enabled = %s\n" % want)
-        # the host's own mount table and /etc/sysctl.d never changed
-        assert not os.path.exists("/etc/sysctl.d/60-hypermesh-ebpf.conf")
-        assert any(line.split()[1] == "/sys/fs/bpf" for line in open("/proc/self/mounts"))
-    finally:
-        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
-            f.write(before + "\n")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# ebpf_programs and the rollout
-
-# what of the collection a rollout uses (the roles reach plugins/ through role_path/../..)
-COLLECTION_PARTS = ("galaxy.yml", "meta", "plugins", "playbooks", "roles")
 
 
 def snapshot_collection(tmp):
@@ -392,16 +313,66 @@ CLEANUP_PLAY = """
 """
 
 
+# ebpf_state's two tasks in the role: the run with digests only, and the one with what the host lacked
+FIRST = "Apply the desired state on the host (one transaction)"
+UPLOAD = "Apply the desired state on the host, with what it lacked (one transaction)"
+ROLE = "hypermesh.ebpf.ebpf_programs : "
+# actions that run on the controller only (no module run on the host)
+CONTROLLER_ACTIONS = frozenset(a for name in ("set_fact", "validate_argument_spec", "include_role", "include_tasks",
+                                             "import_role", "import_tasks", "debug", "fail", "assert", "meta")
+                               for a in (name, "ansible.builtin." + name))
+
+
+def module_runs(doc, host):
+    """Names of the tasks that ran a module on host (not skipped, not a controller-only action)."""
+    return [t["task"]["name"] for p in doc["plays"] for t in p["tasks"]
+            if host in t["hosts"] and not t["hosts"][host].get("skipped")
+            and t["task"]["action"] not in CONTROLLER_ACTIONS]
+
+
+def state_runs(doc, host):
+    """(first, upload) ebpf_state results of host (upload None when it was skipped or did not run)."""
+    first = task_results(doc, host, FIRST)
+    upload = [r for r in task_results(doc, host, UPLOAD) if not r.get("skipped")]
+    return (first[0] if first else None), (upload[0] if upload else None)
+
+
+def state_result(doc, host):
+    """The result of the ebpf_state run that did the work (the upload when there was one)."""
+    first, upload = state_runs(doc, host)
+    return upload or first
+
+
+def actions(result):
+    return [(p["name"], p["action"]) for p in result["programs"]]
+
+
+def sha_of(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+NOTHING_INSTALLED = {"objects": [], "code": False, "unit": False}
+
+
 def test_rollout_check_mode_first_changes_nothing_in_the_kernel(fleet):
     rc, doc = fleet.rollout([counter(), OPENAT], check=True)
     assert rc == 0, failure_messages(doc)
+    objects = sorted([sha_of(counter()["object"]), sha_of(OPENAT["object"])])
     for h in HOSTS:
         assert doc["stats"][h]["changed"] > 0
-        would = task_results(doc, h, "Install the collection's module_utils (check mode")  # the first install
-        assert would and would[0].get("changed") and "module_utils/reapply.py" in would[0]["msg"], would
+        first, upload = state_runs(doc, h)
+        # the first run names what the host lacks and changes nothing; the second brings it (check mode: the
+        # objects are stored, an inert cache the gate reads; the code is only predicted)
+        assert not first["changed"] and sorted(first["missing"]["objects"]) == objects and first["missing"]["code"]
+        assert upload["changed"] and upload["installed"]["code"] is True, upload
+        assert sorted(upload["installed"]["objects"]) == objects
+        assert actions(upload) == [("counter", "load"), ("openat", "load")]
+        assert module_runs(doc, h) == [ROLE + FIRST, ROLE + UPLOAD]
         assert fleet.xdp_prog(h) is None
         assert not os.path.exists(fleet.dirs(h)["pin_root"])
         assert fleet.desired(h) is None
+        assert not os.path.exists(installed_module_utils(fleet, h))
 
 
 def py_digests(directory):
@@ -429,16 +400,20 @@ def test_rollout_applies_then_changes_nothing(fleet):
     assert rc == 0, failure_messages(doc)
     for h in HOSTS:
         assert doc["stats"][h]["changed"] > 0 and doc["stats"][h]["failures"] == 0
+        # a first rollout: two module runs (digests only, then with the objects and the code the host lacked)
+        assert module_runs(doc, h) == [ROLE + FIRST, ROLE + UPLOAD], module_runs(doc, h)
+        first, res = state_runs(doc, h)
+        assert actions(res) == [("counter", "load"), ("openat", "load")]
+        # what the first run named is what the second installed (the check mode before stored the objects)
+        assert first["missing"]["code"] is True and res["installed"]["code"] is True, (first, res)
+        assert sorted(res["installed"]["objects"]) == sorted(first["missing"]["objects"])
+        # the health checks ran and saw movement: counter packets and the openat run count
+        assert [p["health"] for p in res["programs"]] == ["ok", "ok"], res["programs"]
         assert fleet.xdp_prog(h), "no XDP program on %s" % h
         assert fleet.pinned(h, "counter") and fleet.pinned(h, "openat", "link")
-        # the health checks ran and saw movement: counter packets and the openat run count
-        waited = task_results(doc, h, "Wait for the health counters to move")[0]["results"][0]
-        assert waited["entries"][0]["value"]["packets"] > 0 and waited["wait"]["reached"] is True, waited
-        runs = task_results(doc, h, "Wait for the programs to run")[0]
-        assert any(p.get("managed_name") == "openat" and p["run_cnt"] > 0 for p in runs["programs"]), runs
         desired = json.loads(fleet.desired(h))
         assert [p["program"]["name"] for p in desired["programs"]] == ["counter", "openat"]
-        lib = os.path.join(fleet.dirs(h)["lib"], "ansible_collections/hypermesh/ebpf/plugins/module_utils")
+        lib = installed_module_utils(fleet, h)
         assert os.path.exists(os.path.join(lib, "reapply.py")) and os.path.exists(os.path.join(lib, "bpf_syscall.py"))
         assert module_utils_in_sync(fleet, h)
     ids = dict((h, fleet.xdp_prog(h)) for h in HOSTS)
@@ -448,59 +423,66 @@ def test_rollout_applies_then_changes_nothing(fleet):
     assert rc == 0, failure_messages(doc)
     for h in HOSTS:
         assert changed_tasks(doc, h) == [], h
+        # a rollout that changes nothing: ONE module run on the host
+        assert module_runs(doc, h) == [ROLE + FIRST], module_runs(doc, h)
+        first, upload = state_runs(doc, h)
+        assert upload is None and "missing" not in first
+        assert actions(first) == [("counter", "none"), ("openat", "none")]
+        assert first["installed"] == NOTHING_INSTALLED and first["desired_changed"] is False
         assert fleet.xdp_prog(h) == ids[h]
         assert fleet.desired(h) == desired[h]
 
     rc, doc = fleet.rollout([counter(), OPENAT], check=True, limit="h1")
     assert rc == 0, failure_messages(doc)
     assert doc["stats"]["h1"]["changed"] == 0, changed_tasks(doc, "h1")
+    assert module_runs(doc, "h1") == [ROLE + FIRST]
 
-    # a damaged object on the host (same name, other content) is copied again, and nothing else changes
+    # a damaged object on the host (same name, other content) is written again, and nothing else changes
     obj = json.loads(desired["h1"])["programs"][0]["program"]["object"]
     with open(obj, "ab") as f:
         f.write(b"damage")
     rc, doc = fleet.rollout([counter(), OPENAT], limit="h1")
     assert rc == 0, failure_messages(doc)
-    changed = changed_tasks(doc, "h1")
-    assert changed == [
-        "hypermesh.ebpf.ebpf_programs : Copy the objects (content addressed, so a rollback finds the previous ones)"
-    ], changed
-    assert hashlib.sha256(open(obj, "rb").read()).hexdigest() == os.path.basename(obj).split(".")[0]
+    assert changed_tasks(doc, "h1") == [ROLE + UPLOAD], changed_tasks(doc, "h1")
+    first, upload = state_runs(doc, "h1")
+    sha = os.path.basename(obj).split(".")[0]
+    assert first["missing"] == {"objects": [sha], "code": False}, first
+    assert upload["installed"] == {"objects": [sha], "code": False, "unit": False}, upload
+    assert actions(upload) == [("counter", "none"), ("openat", "none")]
+    assert sha_of(obj) == sha
     assert fleet.xdp_prog("h1") == ids["h1"]
+    assert fleet.desired("h1") == desired["h1"]
 
 
 def test_module_utils_are_installed_only_when_missing_or_damaged(fleet):
-    """The persist step lists module_utils on the controller and on the host (sha256): a rollout with nothing
-    new skips the tar and the unarchive; a truncated installed file is reported by check mode and put back.
+    """ebpf_state compares the digest of the installed module_utils with the controller's: a rollout with nothing
+    new installs nothing; a truncated installed file is reported by check mode and put back.
     The fleet's collection is a copy nothing edits: an install here is the defect this test is for."""
     lib = installed_module_utils(fleet, "h1")
     assert module_utils_in_sync(fleet, "h1")
     rc, doc = fleet.rollout([counter(), OPENAT], limit="h1")
     assert rc == 0, failure_messages(doc)
     assert changed_tasks(doc, "h1") == []
-    for name in ("Pack the collection's module_utils", "Install the collection's module_utils",
-                 "Remove the packed module_utils"):
-        res = task_results(doc, "h1", name)[0]
-        assert res.get("skipped") and not res.get("changed"), (name, res)
-    assert not task_results(doc, "h1", "Find the module_utils already on the host")[0].get("changed")
+    first, upload = state_runs(doc, "h1")
+    assert upload is None and first["installed"] == NOTHING_INSTALLED, first
 
     victim = os.path.join(lib, "reapply.py")
     open(victim, "w").close()  # truncated
     rc, doc = fleet.rollout([counter(), OPENAT], limit="h1", check=True)
     assert rc == 0, failure_messages(doc)
-    would = task_results(doc, "h1", "Install the collection's module_utils (check mode")[0]
-    assert would["changed"] and "module_utils/reapply.py" in would["msg"], would
-    assert task_results(doc, "h1", "Install the collection's module_utils for the re-apply")[0].get("skipped")
+    first, upload = state_runs(doc, "h1")
+    assert first["missing"] == {"objects": [], "code": True}, first
+    assert upload["changed"] and upload["installed"] == {"objects": [], "code": True, "unit": False}, upload
     assert os.path.getsize(victim) == 0
 
     rc, doc = fleet.rollout([counter(), OPENAT], limit="h1")
     assert rc == 0, failure_messages(doc)
-    changed = changed_tasks(doc, "h1")
-    assert changed == ["hypermesh.ebpf.ebpf_programs : Install the collection's module_utils for the re-apply "
-                       "(same code as the modules)"], changed
+    assert changed_tasks(doc, "h1") == [ROLE + UPLOAD], changed_tasks(doc, "h1")
+    first, upload = state_runs(doc, "h1")
+    assert upload["installed"] == {"objects": [], "code": True, "unit": False}, upload
+    assert actions(upload) == [("counter", "none"), ("openat", "none")]
     assert os.path.getsize(victim) > 0
     assert module_utils_in_sync(fleet, "h1")
-    assert not os.path.exists(task_results(doc, "h1", "Pack the collection's module_utils")[0]["stdout"])
 
 
 def test_gate_refuses_a_host_without_the_feature_and_changes_nothing(fleet):
@@ -511,14 +493,21 @@ def test_gate_refuses_a_host_without_the_feature_and_changes_nothing(fleet):
         pytest.skip("probes.probe('kprobe'): supported here, the gate has nothing to refuse: %s" % found["reason"])
     kprobe = {"name": "kp", "object": os.path.join(OBJECTS, "kprobe_unlinkat.bpf.o"),
               "attach": {"kprobe": "do_unlinkat"}}
+    kp_sha = sha_of(kprobe["object"])
     before = fleet.desired("h1")
     ids = fleet.xdp_prog("h1")
     rc, doc = fleet.rollout([counter(), OPENAT, kprobe], limit="h1")
     assert rc != 0, "the gate let a kprobe program through although %s" % found["reason"]
     msg = failure_messages(doc)
-    assert "refused, nothing changed" in msg and os.uname().release in msg, msg
-    assert "kprobe needs kernel" in msg, msg
+    assert "refused, nothing changed: program kp" in msg, msg
+    assert os.uname().release in msg and "kprobe needs kernel" in msg, msg
+    # the first run named the object the host lacked; the second stored it for the gate, which refused: the
+    # object it stored is taken away again, the host as it was
+    first, upload = state_runs(doc, "h1")
+    assert first["missing"] == {"objects": [kp_sha], "code": False}, first
+    assert upload["failed"] and not upload["changed"], upload
     assert changed_tasks(doc, "h1") == []
+    assert not os.path.exists(os.path.join(fleet.dirs("h1")["state"], "objects", kp_sha + ".bpf.o"))
     assert fleet.xdp_prog("h1") == ids
     assert not fleet.pinned("h1", "kp")
     assert fleet.desired("h1") == before
@@ -531,13 +520,14 @@ def test_prune_removes_a_program_dropped_from_the_list(fleet):
     rc, doc = fleet.rollout([counter()], extra=["ebpf_programs_prune=true"])
     assert rc == 0, failure_messages(doc)
     for h in HOSTS:
-        pruned = task_results(doc, h, "no longer listed")[0]["results"]
-        assert [r["item"] for r in pruned if r["changed"]] == ["openat"]
+        res = state_result(doc, h)
+        assert res["pruned"] == ["openat"], res
+        assert actions(res) == [("openat", "remove"), ("counter", "none")]
+        assert module_runs(doc, h) == [ROLE + FIRST]
         assert not os.path.exists(os.path.join(fleet.dirs(h)["pin_root"], "openat"))
         assert fleet.pinned(h, "counter")
         assert [p["program"]["name"] for p in json.loads(fleet.desired(h))["programs"]] == ["counter"]
-        previous = json.load(open(os.path.join(fleet.dirs(h)["etc"], "desired.previous.json")))
-        assert [p["program"]["name"] for p in previous["programs"]] == ["counter", "openat"]
+        assert not os.path.exists(os.path.join(fleet.dirs(h)["etc"], "desired.previous.json"))
     gone = subprocess.run(["bpftool", "link", "show", "id", str(link_id)], capture_output=True, text=True, check=False)
     assert gone.returncode != 0, "the tracepoint link %d is still in the kernel" % link_id
 
@@ -558,14 +548,17 @@ def test_failed_canary_is_rolled_back_and_stops_the_rollout(fleet):
         fleet.start_ping("h1")
     assert rc != 0
     msg = failure_messages(doc)
-    assert "health check failed on h1" in msg and "counter-a" in msg and "stayed at" in msg, msg
-    assert "rolled back to the previous desired state: counter" in msg, msg
+    assert "program counter-a: health check failed: counter" in msg and "stayed at" in msg, msg
+    assert "rolled back to what the host ran before (restored: none; removed: counter-a)" in msg, msg
+    res = state_result(doc, "h1")
+    assert res["failed_program"] == "counter-a" and res["rolled_back"] is True, res
+    assert actions(res) == [("counter", "none"), ("counter-a", "load")]
     # h1 rolled back: counter-a gone (pins and XDP), counter untouched, desired state as before
     assert fleet.xdp_prog("h1", side="a") is None
     assert not os.path.exists(os.path.join(fleet.dirs("h1")["pin_root"], "counter-a"))
     assert fleet.xdp_prog("h1") == ids["h1"]
     assert fleet.desired("h1") == desired["h1"]
-    assert doc["stats"]["h1"]["rescued"] == 1
+    assert doc["stats"]["h1"]["failures"] == 1
     # the rollout stopped before the next batch: h2 and h3 never ran a task
     for h in ("h2", "h3"):
         assert all(h not in t["hosts"] for p in doc["plays"] for t in p["tasks"]), h
@@ -584,46 +577,13 @@ def test_apply_failure_midway_undoes_the_programs_applied_before_it(fleet):
            "attach": {"xdp": {"interface": "{{ t_if_a }}", "netns": "{{ t_ns_a }}", "mode": "generic"}}}
     rc, doc = fleet.rollout([counter(), openat2, bad], limit="h1")
     assert rc != 0
-    applied = task_results(doc, "h1", "Load, pin and attach")[0]["results"]
-    assert [(r["item"]["name"], bool(r.get("failed"))) for r in applied] == [
-        ("counter", False), ("openat2", False), ("bad", True)]
+    res = state_result(doc, "h1")
+    assert actions(res) == [("counter", "none"), ("openat2", "load"), ("bad", "load")]
+    assert res["failed_program"] == "bad" and res["rolled_back"] is True, res
+    assert res["rollback"]["removed"] == ["openat2"] and res["rollback"]["errors"] == [], res["rollback"]
     msg = failure_messages(doc)
-    assert "rolled back to the previous desired state: counter" in msg, msg
-    removed = task_results(doc, "h1", "remove the programs that were not there before")[0]["results"]
-    # `difference` works on sets: the loop's order is not the list's order
-    assert dict((r["item"], r["changed"]) for r in removed) == {"openat2": True, "bad": False}
+    assert "program bad: " in msg and "rolled back to what the host ran before" in msg, msg
     for name in ("openat2", "bad"):
         assert not os.path.exists(os.path.join(fleet.dirs("h1")["pin_root"], name))
     assert fleet.xdp_prog("h1") == ids and fleet.xdp_prog("h1", side="a") is None
     assert fleet.desired("h1") == before
-
-
-def test_reapply_restores_the_desired_state_after_the_kernel_lost_it(fleet):
-    """What a reboot does to bpffs, done by hand: detach and unpin everything, then run the boot-time entry
-    point the unit runs (python3 -m ...reapply with PYTHONPATH=<lib_dir>)."""
-    d = fleet.dirs("h2")
-    lib = d["lib"]
-    before = json.loads(fleet.desired("h2"))
-    fleet.cleanup("counter", "h2")
-    assert fleet.xdp_prog("h2") is None and not fleet.pinned("h2", "counter")
-    env = dict(os.environ, PYTHONPATH=lib, HYPERMESH_EBPF_STATE_DIR=d["state"], PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.run([sys.executable, "-m", "ansible_collections.hypermesh.ebpf.plugins.module_utils.reapply",
-                           "--desired", os.path.join(d["etc"], "desired.json"), "--retry-seconds", "0"],
-                          capture_output=True, text=True, env=env, cwd="/", check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert lines[0]["program"] == "counter" and lines[0]["changed"] is True
-    assert lines[-1] == {"summary": True, "programs": len(before["programs"]), "failed": []}
-    assert fleet.xdp_prog("h2") and fleet.pinned("h2", "counter")
-    again = subprocess.run(proc.args, capture_output=True, text=True, env=env, cwd="/", check=False)
-    assert again.returncode == 0 and json.loads(again.stdout.splitlines()[0])["changed"] is False
-
-
-def test_reapply_refuses_a_bad_desired_file(tmp_path):
-    bad = _write(str(tmp_path / "desired.json"), json.dumps({"version": 99, "programs": []}))
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-    for path, text in ((bad, "version 99"), (str(tmp_path / "missing.json"), "cannot read")):
-        proc = subprocess.run([sys.executable, "-m", "ansible_collections.hypermesh.ebpf.plugins.module_utils.reapply",
-                               "--desired", path], capture_output=True, text=True, env=env, cwd="/", check=False)
-        assert proc.returncode == 2
-        assert text in json.loads(proc.stdout.splitlines()[-1])["error"]

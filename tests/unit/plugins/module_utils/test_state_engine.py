@@ -265,6 +265,73 @@ def test_unreadable_desired_state_refuses_before_any_change():
     assert host.log == []
 
 
+# ---- boot mode: a program refused at the gate is set aside, the others applied ---------------------------------
+def test_boot_mode_sets_a_refused_program_aside_and_applies_the_others():
+    host = first_host()
+    host.refuse["openat"] = FakeError("no interface hmx0")
+    res = se.run(params(DEMO), ops=host, set_aside_refused=True)
+    assert res["changed"] and not res.get("failed")
+    assert res["set_aside"] == ["openat"]
+    got = dict((e["name"], e) for e in res["programs"])
+    assert got["openat"] == {"name": "openat", "action": "refused", "changed": False,
+                             "reason": "no interface hmx0", "maps": []}
+    assert got["counter"]["action"] == "load" and got["counter"]["maps"][0]["changed"]
+    assert sorted(host.progs) == ["counter"] and host.maps[("counter", "blocklist")] == {"10.0.0.1": 0}
+    assert ("health", ["counter"]) in host.log              # the one set aside is not checked
+    assert host.snaps[0].names == ["counter"]               # nor snapshotted
+    assert ("program", "openat", False) not in host.log     # nor applied
+    assert host.commits == [1] and res["diff"] and [d["before_header"] for d in res["diff"]] == ["counter"]
+
+
+def test_boot_mode_sets_aside_a_program_whose_map_declaration_is_refused():
+    host = first_host()
+    se.run(params(DEMO), ops=host)
+    bad = json.loads(json.dumps(DEMO))
+    bad[0]["maps"].append({"map": "missing", "entries": [{"key": 1}]})
+    bad[1]["sha256"] = "o2"
+    host.log = []
+    res = se.run(params(bad, persist=False, health_checks="none"), ops=host, set_aside_refused=True)
+    got = dict((e["name"], e) for e in res["programs"])
+    assert res["set_aside"] == ["counter"] and got["counter"]["action"] == "refused"
+    assert got["counter"]["reason"] == "map missing: no pinned map counter/missing"
+    assert got["openat"]["action"] == "replace" and host.progs["openat"]["sha256"] == "o2"
+    assert [c for c in host.real_calls() if c[1] in ("counter", "blocklist", "missing")] == []
+
+
+def test_boot_mode_with_everything_refused_changes_nothing():
+    host = first_host()
+    for n in ("counter", "openat"):
+        host.refuse[n] = FakeError("later")
+    res = se.run(params(DEMO, persist=False), ops=host, set_aside_refused=True)
+    assert not res["changed"] and res["set_aside"] == ["counter", "openat"]
+    assert host.real_calls() == [] and host.progs == {} and host.commits == []
+    # persist on (not what the boot does): the desired state saved is still the whole list given
+    res = se.run(params(DEMO), ops=host, set_aside_refused=True)
+    assert res["desired_changed"] and [p["program"]["name"] for p in host.desired["programs"]] == [
+        "counter", "openat"]
+
+
+def test_boot_mode_check_mode_reports_the_refused_and_predicts_the_others():
+    host = first_host()
+    host.refuse["counter"] = FakeError("later")
+    res = se.run(params(DEMO), check_mode=True, ops=host, set_aside_refused=True)
+    assert [(e["name"], e["action"]) for e in res["programs"]] == [("counter", "refused"), ("openat", "load")]
+    assert host.real_calls() == [] and "snapshot" not in host.log
+
+
+def test_boot_mode_failure_after_the_gate_still_rolls_back():
+    host = first_host()
+    host.refuse["counter"] = FakeError("later")
+    host.fail_apply["openat"] = FakeError("verifier said no")
+    res = se.run(params(DEMO), ops=host, set_aside_refused=True)
+    assert res["failed"] and res["failed_program"] == "openat" and res["rolled_back"]
+    assert res["set_aside"] == ["counter"] and host.progs == {}
+
+
+def test_without_boot_mode_the_result_has_no_set_aside():
+    assert "set_aside" not in se.run(params(DEMO), ops=first_host())
+
+
 # ---- failures roll back ---------------------------------------------------------------------------------
 def test_failed_health_check_rolls_back_and_keeps_the_desired_state():
     host = first_host()
@@ -442,26 +509,3 @@ def test_desired_state_without_generation_reads_as_0_and_garbage_is_refused(tmp_
     p.write_text("{not json")
     with pytest.raises(DesiredError):
         state_desired.read(str(p))
-
-
-def test_the_boot_reapply_reads_what_the_engine_saves(tmp_path):
-    """reapply.py (today's boot path) takes the saved file as is: every program's and map's parameters are
-    options of program_run.apply and map_apply.apply_entries."""
-    import io
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_apply, program_run, reapply
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils.params import with_defaults
-    wanted, _opt = state_params.parse(params(DEMO))
-    path = str(tmp_path / "desired.json")
-    state_desired.commit(path, state_desired.EMPTY, [w.saved() for w in wanted])
-    doc = reapply.load_desired(path)
-    calls = []
-
-    def program(p, check_mode=False):
-        calls.append(("program", with_defaults(p, program_run.ARGUMENT_SPEC)["name"]))
-        return {"changed": True, "state": p["state"]}
-
-    def entries(p, check_mode=False):
-        calls.append(("map", with_defaults(p, map_apply.ARGUMENT_SPEC)["map"]))
-        return {"changed": True}
-    assert reapply.reapply(doc, out=io.StringIO(), functions=(program, entries)) == []
-    assert calls == [("program", "counter"), ("map", "blocklist"), ("program", "openat")]
