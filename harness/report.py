@@ -353,7 +353,7 @@ def to_markdown(report):
                 "| play | seconds |", "|---|---|"]
         for name, secs in report["rollout_phases"]:
             out.append("| %s | %s |" % (name.replace("|", "/"), secs))
-        out.append("| all plays | %s |" % round(sum(secs or 0 for _, secs in report["rollout_phases"]), 1))
+        out.append("| all plays | %s |" % round(sum(phase[1] or 0 for phase in report["rollout_phases"]), 1))
     if report.get("steps_seconds"):
         out += ["", "## Steps (seconds, all guests together)", "",
                 "| " + " | ".join(report["steps_seconds"]) + " |",

@@ -15,7 +15,7 @@ description:
   - Entries are decoded through the map's BTF where it has one (integers, enums, structs as dicts, arrays as
     lists, char arrays as strings), or through O(key_format) / O(value_format) (for example V(ipv4) keys);
     maps without BTF come back as hex.
-  - Per-CPU maps return each CPU's value (RV(entries[].values)) and their sum (RV(entries[].value); ints add,
+  - Per-CPU maps return each CPU's value (C(values) in each entry) and their sum (RV(entries[].value); ints add,
     structs add field by field; C(null) when the values are not numbers).
   - The whole map is read with C(BPF_MAP_LOOKUP_BATCH) where the kernel supports it (5.6+ and the map type),
     else with C(BPF_MAP_GET_NEXT_KEY) and one lookup per key; RV(read_method) says which.
@@ -166,11 +166,11 @@ entries:
       description: The decoded key.
       type: raw
     value:
-      description: The decoded value; for per-CPU maps the sum over CPUs.
+      description:
+        - The decoded value; for per-CPU maps the sum over CPUs.
+        - Per-CPU maps also give each possible CPU's value, in CPU order, as a list under the key C(values)
+          (read it as C(entry['values']), since C(.values) is the dict method in Jinja).
       type: raw
-    values:
-      description: Per-CPU maps only, each possible CPU's value in CPU order.
-      type: list
   sample: [{key: 0, values: [3, 4], value: 7}]
 count:
   description: Number of entries returned.

@@ -82,4 +82,3 @@ def test_ebpf_state_waits_for_a_transaction(pin_root, tmp_path):
         assert ps.Live(pin_root, NEW).prog_id
     finally:
         _remove(NEW, pin_root)
-

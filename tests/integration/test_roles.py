@@ -1,8 +1,5 @@
-"""The roles ebpf_host and ebpf_programs and the rollout playbook, run through real ansible-playbook on localhost.
-
-ebpf_host: check mode (nothing changes), then for real inside a private mount namespace (bpffs unmounted there
-first, /etc/sysctl.d bind-mounted from a temp dir, a temp fstab), twice: changed, then not changed; the live
-sysctl is put back afterwards.
+"""The role ebpf_programs and the rollout playbook, run through real ansible-playbook on localhost (the role
+ebpf_host: test_ebpf_host.py).
 
 ebpf_programs through playbooks/rollout.yml, against three inventory hosts that are all this machine
 (connection local), each with its own pin root, state, config and lib directories and its own veth pair between
@@ -154,21 +151,17 @@ def failure_messages(doc):
     return "\n".join(msgs)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# ebpf_host
-
-HOST_PLAY = """
-- hosts: localhost
-  gather_facts: false
-  roles:
-    - role: hypermesh.ebpf.ebpf_host
-"""
-
-
 def _write(path, text):
     with open(path, "w") as f:
         f.write(text)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ebpf_programs and the rollout
+
+# what of the collection a rollout uses (the roles reach plugins/ through role_path/../..)
+COLLECTION_PARTS = ("galaxy.yml", "meta", "plugins", "playbooks", "roles")
 
 
 def snapshot_collection(tmp):
@@ -318,9 +311,9 @@ FIRST = "Apply the desired state on the host (one transaction)"
 UPLOAD = "Apply the desired state on the host, with what it lacked (one transaction)"
 ROLE = "hypermesh.ebpf.ebpf_programs : "
 # actions that run on the controller only (no module run on the host)
-CONTROLLER_ACTIONS = frozenset(a for name in ("set_fact", "validate_argument_spec", "include_role", "include_tasks",
-                                             "import_role", "import_tasks", "debug", "fail", "assert", "meta")
-                               for a in (name, "ansible.builtin." + name))
+_CONTROLLER_NAMES = ("set_fact", "validate_argument_spec", "include_role", "include_tasks", "import_role",
+                     "import_tasks", "debug", "fail", "assert", "meta")
+CONTROLLER_ACTIONS = frozenset(a for name in _CONTROLLER_NAMES for a in (name, "ansible.builtin." + name))
 
 
 def module_runs(doc, host):
