@@ -27,11 +27,8 @@ for path in (TOP, HERE):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from play_timer import run_tasks, timed, untimed  # noqa: E402
+from play_timer import PYTHON, run_tasks, timed, untimed  # noqa: E402
 
-PYTHON = os.path.join(TOP, ".venv", "bin", "python")
-if not os.path.exists(PYTHON):
-    PYTHON = sys.executable
 OBJECT = os.path.join(TOP, "examples", "objects", "xdp_counter.bpf.o")
 REPEAT = int(os.environ.get("BENCH_REPEAT", "24"))
 

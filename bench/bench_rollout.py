@@ -58,11 +58,8 @@ for path in (TOP, HERE):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from play_timer import ansible_env  # noqa: E402
+from play_timer import PYTHON, ansible_env  # noqa: E402
 
-PYTHON = os.path.join(TOP, ".venv", "bin", "python")
-if not os.path.exists(PYTHON):
-    PYTHON = sys.executable
 ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(PYTHON), "ansible-playbook")
 OBJECTS = os.path.join(TOP, "examples", "objects")
 CALLBACKS = os.path.join(HERE, "callback_plugins")

@@ -12,11 +12,16 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTIONS = os.path.join(TOP, ".cache", "collections")
+# the venv's Python (scripts/bootstrap.sh), else this one
+PYTHON = os.path.join(TOP, ".venv", "bin", "python")
+if not os.path.exists(PYTHON):
+    PYTHON = sys.executable
 
 
 def timed(side, n, module, args, **extra):

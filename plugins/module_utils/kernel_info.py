@@ -21,7 +21,8 @@ import gzip
 import os
 import re
 import resource
-import subprocess
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import host_command
 
 
 class KernelInfoError(ValueError):
@@ -213,16 +214,10 @@ def read_in_private_mount(fstype, mount_point, rel_file):
     script = 'test -e "$2/$3" || mount -t "$1" "$1" "$2" || exit; cat "$2/$3"'
     cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", fstype, mount_point,
            rel_file]
-    try:
-        # module_utils importable without ansible (the boot-time re-apply): no AnsibleModule.run_command here
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,  # pylint: disable=ansible-bad-function
-                                env={"LANG": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-    except OSError as exc:
-        raise OSError(exc.errno, "cannot run unshare: %s" % exc.strerror)
-    out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise OSError(errno.EIO, (err.decode("utf-8", "replace").strip() or "exit %d" % proc.returncode))
-    return out.decode("utf-8", "replace")
+    rc, out, err = host_command.run(cmd)
+    if rc != 0:
+        raise OSError(errno.EIO, err.strip() or "exit %d" % rc)
+    return out
 
 
 # ---------------------------------------------------------------- capabilities, LSMs, memory accounting

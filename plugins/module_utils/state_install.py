@@ -32,11 +32,11 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import atomic_file
+from ansible_collections.hypermesh.ebpf.plugins.module_utils import host_command
 from ansible_collections.hypermesh.ebpf.plugins.module_utils import host_paths
 
 OBJECTS_DIR = "/var/lib/hypermesh-ebpf/objects"
@@ -367,15 +367,7 @@ def unit_text(python, lib_dir, state_dir, desired):
 
 def systemctl(args):
     """(returncode, stdout, stderr) of systemctl `args` (the default runner)."""
-    cmd = ["systemctl"] + list(args)
-    try:
-        # module_utils importable without ansible (the boot-time re-apply): no AnsibleModule.run_command here
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,  # pylint: disable=ansible-bad-function
-                                env={"LANG": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-    except OSError as exc:
-        raise OSError(exc.errno, "cannot run systemctl: %s" % exc.strerror)
-    out, err = proc.communicate()
-    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    return host_command.run(["systemctl"] + list(args))
 
 
 def _systemctl(runner, args):
