@@ -14,8 +14,9 @@ re-apply runs and the re-apply unit.
 - unit: hypermesh-ebpf-reapply.service on a host booted with systemd: written when it differs (then
   `systemctl daemon-reload`), enabled when it is not.
 
-run() reads and checks everything first: bad input is refused (InstallError) and a missing piece reported before
-anything is touched; then it installs. Check mode: the objects are still written (a cache the gate reads), code
+Install(params) reads and checks everything first: bad input is refused (InstallError) and a missing piece
+reported before anything is touched; then the module installs the objects (before its gate) and the rest (after
+its commit). Check mode: the objects are still written (a cache the gate reads), code
 and unit are predicted. `runner` replaces systemctl (unit tests). Importable without ansible.
 """
 
@@ -453,14 +454,3 @@ class Install(object):
                 install_unit(self.unit, unit_write, unit_enable, self.unit_path, self.runner)
         return {"code": self.code_files is not None, "unit": bool(unit_write or unit_enable)}
 
-
-def run(params, check_mode=False, state_dir=None, runner=None, python=None, systemd_dir=SYSTEMD_RUN_DIR,
-        unit_path=UNIT_PATH):
-    """Everything Install does, at once: {"missing": ...} (nothing done) or {"installed": {"objects": [sha256
-    written], "code": bool, "unit": bool}}."""
-    inst = Install(params, state_dir, runner, python, systemd_dir, unit_path)
-    if inst.missing:
-        return {"missing": inst.missing}
-    installed = {"objects": inst.objects()}
-    installed.update(inst.rest(check_mode))
-    return {"installed": installed}

@@ -66,8 +66,14 @@ def params(host, objects=(), code=None, persist=True, reapply_unit=True):
 
 
 def run(host, check_mode=False, runner=None, **kw):
-    return si.run(params(host, **kw), check_mode, state_dir=host["state"], runner=runner or Runner(),
-                  python="/usr/bin/python3", systemd_dir=host["systemd"], unit_path=host["unit"])
+    """What ebpf_state does with an Install, in its order: objects, then (after its commit) the code and unit."""
+    inst = si.Install(params(host, **kw), state_dir=host["state"], runner=runner or Runner(),
+                      python="/usr/bin/python3", systemd_dir=host["systemd"], unit_path=host["unit"])
+    if inst.missing:
+        return {"missing": inst.missing}
+    installed = {"objects": inst.objects()}
+    installed.update(inst.rest(check_mode))
+    return {"installed": installed}
 
 
 def code_option(files=None, with_files=True):
