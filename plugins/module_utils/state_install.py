@@ -453,4 +453,3 @@ class Install(object):
             if self.unit:
                 install_unit(self.unit, unit_write, unit_enable, self.unit_path, self.runner)
         return {"code": self.code_files is not None, "unit": bool(unit_write or unit_enable)}
-
