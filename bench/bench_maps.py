@@ -55,7 +55,7 @@ COLLECTIONS = os.path.join(TOP, ".cache", "collections")
 if COLLECTIONS not in sys.path:
     sys.path.insert(0, COLLECTIONS)
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from play_timer import ansible_env, run_tasks, timed, untimed  # noqa: E402
@@ -74,7 +74,7 @@ FROM_JSON_REPEAT = int(os.environ.get("BENCH_FROM_JSON_REPEAT", "2"))
 UTILS_READ = """
 import json, sys
 sys.path.insert(0, %(collections)r)
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import pinned_map
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import pinned_map
 with pinned_map.PinnedMap(%(path)r) as pm:
     entries = pinned_map.read_entries(pm, "ipv4", "int")
 sys.stdout.write(json.dumps(entries))
@@ -83,8 +83,8 @@ sys.stdout.write(json.dumps(entries))
 UTILS_WRITE = """
 import json, sys
 sys.path.insert(0, %(collections)r)
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_apply
-result = map_apply.apply_entries(json.load(open(%(args)r)))
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_runner
+result = map_runner.apply_entries(json.load(open(%(args)r)))
 sys.stdout.write(json.dumps({"changed": result["changed"], "written": len(result["added"])}))
 """
 
@@ -369,7 +369,7 @@ def bench_write(work, pin):
 
 
 def _in_process(path, entries):
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_apply, pinned_map
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_runner, pinned_map
     best_read = best_write = None
     for _unused in range(REPEAT):
         _new_hash(path, READ_N)
@@ -380,7 +380,7 @@ def _in_process(path, entries):
         best_read = took if best_read is None else min(best_read, took)
         _new_hash(path)
         start = time.perf_counter()
-        map_apply.apply_entries({"path": path, "key_format": "ipv4", "value_format": "int", "entries": entries})
+        map_runner.apply_entries({"path": path, "key_format": "ipv4", "value_format": "int", "entries": entries})
         took = time.perf_counter() - start
         best_write = took if best_write is None else min(best_write, took)
     os.unlink(path)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils.state_install import code_digest
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._state.state_install import code_digest, code_names
 
 INVALID = "ebpf_programs is not valid, nothing changed: "
 ATTACH_POINTS = ("xdp", "tc", "tcx", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry", "fexit",
@@ -59,10 +59,12 @@ def _digest_file(path):
 
 
 def _code_files(module_utils_dir):
-    """{name: bytes} of the *.py files of the collection's module_utils (flat)."""
+    """{"<package>/<file>.py": bytes} of the collection's module_utils (state_install.code_names)."""
     try:
-        names = sorted(n for n in os.listdir(module_utils_dir) if n.endswith(".py"))
+        names = code_names(module_utils_dir, strict=False)
         files = dict((n, _read(os.path.join(module_utils_dir, n))) for n in names)
+    except ValueError as e:
+        raise AnsibleFilterError("the collection's module_utils in %s: %s" % (module_utils_dir, e))
     except (IOError, OSError) as e:
         raise AnsibleFilterError("cannot read the collection's module_utils in %s: %s" % (module_utils_dir, e))
     if not files:

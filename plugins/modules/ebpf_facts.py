@@ -243,8 +243,8 @@ import gc
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import hardware, kernel_info, probes
-from ansible_collections.hypermesh.ebpf.plugins.module_utils.requirements import FEATURES
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import hardware, kernel_info, probes
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._host.requirements import FEATURES
 
 PARTS = ["kernel", "hardware", "features"]
 

@@ -200,7 +200,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import inventory
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import inventory
 
 
 def main():

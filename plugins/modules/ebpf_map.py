@@ -198,12 +198,12 @@ import gc
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import pycache
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import pycache
 
 # the module_utils below: compiled once per host, not on every run
 pycache.use_host_copy("ebpf_map")
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils.map_apply import (  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps.map_runner import (  # noqa: E402
     ARGUMENT_SPEC, ERRORS, MUTUALLY_EXCLUSIVE, apply_entries)
 
 

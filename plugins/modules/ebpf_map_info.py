@@ -207,15 +207,15 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import pycache
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import pycache
 
 # the module_utils below: compiled once per host, not on every run
 pycache.use_host_copy("ebpf_map_info")
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_codec  # noqa: E402
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_file  # noqa: E402
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_wait  # noqa: E402
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import pinned_map  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_codec  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_file  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_wait  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import pinned_map  # noqa: E402
 
 
 def wait(pm, p):

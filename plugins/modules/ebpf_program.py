@@ -169,11 +169,11 @@ import gc
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import pycache
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import pycache
 
 pycache.use_host_copy("ebpf_program")  # the module_utils below: compiled once per host, not on every run
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils.program_run import (  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.program_runner import (  # noqa: E402
     ARGUMENT_SPEC, REQUIRED_IF, apply, errors)
 
 

@@ -187,7 +187,7 @@ options:
         type: str
   reapply_code:
     description:
-      - The collection's module_utils (C(plugins/module_utils/*.py)) the boot-time re-apply runs, kept in
+      - The collection's module_utils (C(plugins/module_utils/_*/*.py)) the boot-time re-apply runs, kept in
         C(<lib_dir>/ansible_collections/hypermesh/ebpf/plugins/module_utils/). Only with O(persist=true).
       - The installed directory is current when its digest is O(reapply_code.digest) and every directory from
         O(lib_dir) down and every file in it is root's, not a link and writable by no one else. Otherwise it is
@@ -205,7 +205,7 @@ options:
         elements: dict
         suboptions:
           name:
-            description: File name (flat, C(*.py)).
+            description: The file's name below module_utils, C(<package>/<file>.py) (for example C(_kernel/libbpf.py)).
             type: str
             required: true
           content:
@@ -340,16 +340,16 @@ import gc
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import pycache
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import pycache
 
 pycache.use_host_copy("ebpf_state")  # the module_utils below: compiled once per host, not on every run
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import host_paths  # noqa: E402
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock  # noqa: E402
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state  # noqa: E402
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import state_engine  # noqa: E402
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import state_install  # noqa: E402
-from ansible_collections.hypermesh.ebpf.plugins.module_utils.state_params import (  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import host_paths  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._state import state_engine  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._state import state_install  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._state.state_params import (  # noqa: E402
     ARGUMENT_SPEC, StateError, parse)
 
 

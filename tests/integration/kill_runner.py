@@ -1,4 +1,4 @@
-"""Test-side fault injection for ebpf_program: run the module's code (program_run.apply, what the module's main
+"""Test-side fault injection for ebpf_program: run the module's code (program_runner.apply, what the module's main
 calls) in this process, with faults put in from here, so product code carries no test switch.
 
     python tests/integration/kill_runner.py '<ebpf_program args as JSON>' [options]
@@ -27,20 +27,24 @@ import time
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(TOP, ".cache", "collections"))
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_run  # noqa: E402
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_runner  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs  # noqa: E402
 # the modules --kill-after may name are imported before GO (see above), used or not here
 # pylint: disable=unused-import
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import libbpf  # noqa: E402,F401
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink  # noqa: E402
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_attach  # noqa: E402
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_gate  # noqa: E402,F401
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state  # noqa: E402,F401
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import probes  # noqa: E402,F401
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import perf  # noqa: E402,F401
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libbpf  # noqa: E402,F401
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import netlink  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_attach  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_gate  # noqa: E402,F401
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state  # noqa: E402,F401
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes  # noqa: E402,F401
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import perf  # noqa: E402,F401
 # pylint: enable=unused-import
 
 PKG = "ansible_collections.hypermesh.ebpf.plugins.module_utils."
+MODULE_UTILS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "plugins", "module_utils")
+# module_utils file name -> its package (_kernel, _program, ...), from the tree
+PACKAGES = dict((f[:-3], pkg) for pkg in os.listdir(MODULE_UTILS) if pkg.startswith("_")
+                for f in os.listdir(os.path.join(MODULE_UTILS, pkg)) if f.endswith(".py"))
 
 
 def _owner(dotted):
@@ -49,7 +53,7 @@ def _owner(dotted):
     parts = dotted.split(".")
     if parts[0] == "os":
         return os, parts[1]
-    holder = importlib.import_module(PKG + parts[0])
+    holder = importlib.import_module(PKG + PACKAGES[parts[0]] + "." + parts[0])
     for p in parts[1:-1]:
         holder = getattr(holder, p)
     return holder, parts[-1]
@@ -111,8 +115,8 @@ def main(argv):
     sys.stdout.write("GO %.6f\n" % time.monotonic())
     sys.stdout.flush()
     try:
-        result = program_run.apply(params)
-    except program_run.errors() as e:
+        result = program_runner.apply(params)
+    except program_runner.errors() as e:
         sys.stdout.write(json.dumps({"failed": True, "msg": str(e)}) + "\n")
         return 1
     sys.stdout.write(json.dumps(result, default=str) + "\n")

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from tests.conftest import needs_root
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as b
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as b
 
 pytestmark = needs_root
 

@@ -126,7 +126,7 @@ def test_kprobe_not_supported_because_no_kprobes(facts):
 
 def test_require_gates_with_the_same_refusal(facts):
     """probes.require(), what the other modules gate with, refuses exactly what the facts call unsupported."""
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils import probes
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
     for name, fact in facts["features"].items():
         if fact["supported"]:
             assert probes.require(name) is None, name
@@ -184,7 +184,7 @@ def _probe_objects():
 
 def test_probes_leave_nothing_behind_in_process():
     """Other modules probe inside their own process (probes.require): every fd must be closed again."""
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils import probes
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
     before = sorted(os.listdir("/proc/self/fd"))
     found = probes.probe_all(refresh=True)
     assert found["xdp"]["supported"]

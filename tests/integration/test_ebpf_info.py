@@ -18,7 +18,7 @@ from test_ebpf_map_common import bpftool_json, drop_program, module, ping, progr
 
 pytestmark = needs_root
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +176,8 @@ SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 OLD_KERNEL_CHILD = r"""
 import errno, json, sys, time
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import inventory
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import inventory
 def no_enable_stats(*a):
     raise bs.BpfError(errno.EINVAL, "BPF_ENABLE_STATS")
 def announced_sleep(seconds):  # say when the statistics window starts (the test kills or reads in it)
@@ -196,7 +196,7 @@ def _sysctl():
 
 
 def _marker():
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock
     return os.path.join(os.path.dirname(lock.LOCK_PATH), "bpf_stats_enabled.ours")
 
 
@@ -243,7 +243,7 @@ def test_sysctl_fallback_in_check_mode_is_not_used(sysctl_off):
 
 def test_sysctl_fallback_runs_under_the_lock_and_a_kill_is_put_back_by_the_next_run(sysctl_off):
     import fcntl
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock
     child = _old_kernel_child(30, "real")
     try:
         line = child.stdout.readline()

@@ -18,7 +18,7 @@ from test_ebpf_map_common import bpftool_dump, bpftool_json, drop_program, modul
 
 pytestmark = needs_root
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs  # noqa: E402
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -469,6 +469,6 @@ def test_module_utils_compiled_once_per_host(pin_root):
     assert module("ebpf_map", {"path": path, "key_format": "int", "value_format": "int",
                                "entries": [{"key": 1, "value": 2}]})["changed"]
     assert module("ebpf_map_info", {"path": path, "key_format": "int", "value_format": "int"})["count"] == 1
-    for name, util in (("ebpf_map", "map_apply"), ("ebpf_map_info", "pinned_map")):
-        found = glob.glob("/var/cache/hypermesh-ebpf/pycache/%s/*/__pycache__/%s.*.pyc" % (name, util))
+    for name, util in (("ebpf_map", "map_runner"), ("ebpf_map_info", "pinned_map")):
+        found = glob.glob("/var/cache/hypermesh-ebpf/pycache/%s/*/_*/__pycache__/%s.*.pyc" % (name, util))
         assert found, name  # (copies for other versions of the collection may be kept a while)

@@ -18,9 +18,9 @@ from tests.conftest import needs_root
 from test_ebpf_program_common import (pin_root_fixture, PREFIX, counter, kernel_ids, kname, leaked, obj, ping,
                                       private_object, run, run_with_diff_text)
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import probes
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import netlink
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
 
 pytestmark = needs_root
 

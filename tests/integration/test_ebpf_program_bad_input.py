@@ -14,9 +14,9 @@ import pytest
 from tests.conftest import COLLECTIONS, TOP, needs_root
 from test_ebpf_program_common import pin_root_fixture, kernel_ids, kname, leaked, obj, private_object, run
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import netlink
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state
 
 pytestmark = needs_root
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import COLLECTIONS, TOP, ansible_module
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 
 OBJECTS = os.path.join(TOP, "examples", "objects")
 _MINIMAL = []
@@ -178,7 +178,7 @@ def kname(symbol):
 def forget(pin_root):
     """Fixture teardown: remove whatever a failed test left under pin_root, through the module (detaches XDP/tc
     from the recorded attach point, unpins, deletes the record), then the directory."""
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state
     records = os.path.join(program_state.STATE_DIR, "programs")
     for entry in sorted(os.listdir(records)) if os.path.isdir(records) else []:
         rec = program_state.read_record(entry[:-5]) if entry.endswith(".json") else None

@@ -1,7 +1,7 @@
 """kill -9 during apply and removal, and other agents racing for the slot: the next run converges, nothing leaks.
 
 Faults come from the test side only (product code has no test switch): tests/integration/kill_runner.py runs
-ebpf_program's code (program_run.apply, what the module's main calls) in a child process and either SIGKILLs
+ebpf_program's code (program_runner.apply, what the module's main calls) in a child process and either SIGKILLs
 itself right after a named call returns (--kill-after), or this file SIGKILLs it at a random moment of its
 measured run time. After every kill the next run must converge to exactly one program of ours per name, loaded,
 pinned and attached (the kernel's prog list holds no other of ours, no stage is left, a further run changes
@@ -27,10 +27,10 @@ from tests.conftest import needs_root
 from test_ebpf_program_common import pin_root_fixture, PREFIX, counter, kernel_ids, kname, leaked, obj, ping, \
     private_object, run
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_spec
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import netlink
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_spec
 
 pytestmark = needs_root
 

@@ -16,8 +16,8 @@ import pytest
 from tests.conftest import needs_root
 from test_ebpf_program_common import pin_root_fixture, counter, kernel_ids, leaked, obj, ping, run
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import netlink
 
 pytestmark = needs_root
 

@@ -20,6 +20,7 @@ tests'). Traffic only between the pair's namespaces.
   in check mode), and nothing is written again when current. No systemd here: the unit is not written.
 """
 import base64
+import glob
 import hashlib
 import json
 import os
@@ -37,9 +38,9 @@ import pytest
 from tests.conftest import COLLECTIONS, TOP, ansible_module, needs_root
 from test_ebpf_program_common import kernel_ids, kname, leaked, pin_root_fixture, private_object, run
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state as ps
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import netlink
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state as ps
 
 pytestmark = needs_root
 
@@ -371,7 +372,7 @@ def test_remove_everything_leaves_nothing(pin_root, pair, work, before_ids):
 # ---- what the run installs before its gate -------------------------------------------------------------------
 INST = TAG + "_inst"
 UNIT = "/etc/systemd/system/hypermesh-ebpf-reapply.service"
-REAPPLY = "ansible_collections.hypermesh.ebpf.plugins.module_utils.reapply"
+REAPPLY = "ansible_collections.hypermesh.ebpf.plugins.module_utils._state.reapply"
 
 
 def state_play(args, check=False):
@@ -412,7 +413,7 @@ def b64(data):
 
 def code_files():
     d = os.path.join(TOP, "plugins", "module_utils")
-    return dict((n, open(os.path.join(d, n), "rb").read()) for n in sorted(os.listdir(d)) if n.endswith(".py"))
+    return dict((os.path.relpath(p, d), open(p, "rb").read()) for p in sorted(glob.glob(os.path.join(d, "_*", "*.py"))))
 
 
 def code_digest(files):
@@ -444,12 +445,24 @@ def install_args(pin_root, store, contents=False):
 
 
 def code_tree(store):
-    """{name: (mode, uid, content)} of the installed code, and the directory's inode."""
+    """{"<package>/<file>": (mode, uid, content)} of the installed code ("<package>": (mode, uid, None) for its
+    packages), and the directory's inode."""
     out = {}
-    for n in os.listdir(store["code"]):
-        st = os.lstat(os.path.join(store["code"], n))
-        out[n] = (stat_mode(st), st.st_uid, open(os.path.join(store["code"], n), "rb").read())
+    for pkg in os.listdir(store["code"]):
+        st = os.lstat(os.path.join(store["code"], pkg))
+        out[pkg] = (stat_mode(st), st.st_uid, None)
+        for n in os.listdir(os.path.join(store["code"], pkg)):
+            p = os.path.join(store["code"], pkg, n)
+            st = os.lstat(p)
+            out[pkg + "/" + n] = (stat_mode(st), st.st_uid, open(p, "rb").read())
     return out, os.lstat(store["code"]).st_ino
+
+
+def installed_as_wanted():
+    """code_tree's view of the collection's module_utils installed as they should be: files 0644, packages 0755."""
+    want = dict((n, (0o644, 0, c)) for n, c in code_files().items())
+    want.update((n.split("/")[0], (0o755, 0, None)) for n in code_files())
+    return want
 
 
 def stat_mode(st):
@@ -482,7 +495,7 @@ def test_install_with_contents_writes_objects_code_and_applies(pin_root, store):
     assert live.prog_id == res["programs"][0]["prog_id"] and ps.read_record(INST)["sha256"] == store["sha"]
     assert json.loads(open(store["desired"]).read())["generation"] == 1
     files, _ino = code_tree(store)
-    assert files == dict((n, (0o644, 0, c)) for n, c in code_files().items())
+    assert files == installed_as_wanted()
     d = store["code"]
     while d != os.path.dirname(store["lib_dir"]):
         assert (os.lstat(d).st_uid, stat_mode(os.lstat(d))) == (0, 0o755), d
@@ -491,8 +504,9 @@ def test_install_with_contents_writes_objects_code_and_applies(pin_root, store):
     out = subprocess.run([sys.executable, "-c", "import %s as r; print(r.__file__)" % REAPPLY], cwd="/",
                          env={"PYTHONPATH": store["lib_dir"], "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C"},
                          capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == os.path.join(store["code"], "reapply.py")
-    assert sorted(os.listdir(store["code"])) == sorted(code_files())  # no __pycache__ left by that import
+    assert out.stdout.strip() == os.path.join(store["code"], "_state", "reapply.py")
+    installed = sorted(os.path.relpath(os.path.join(r, f), store["code"]) for r, _d, fs in os.walk(store["code"]) for f in fs)
+    assert installed == sorted(code_files())  # no __pycache__ left by that import
     # no systemd on this host (/run/systemd/system is not a directory): no unit
     assert not os.path.isdir("/run/systemd/system") and not os.path.exists(UNIT)
 
@@ -500,7 +514,7 @@ def test_install_with_contents_writes_objects_code_and_applies(pin_root, store):
 def test_install_damaged_object_and_code_missing_then_rewritten(pin_root, store):
     prog_id = ps.Live(pin_root, INST).prog_id
     os.chmod(store["object"], 0o646)                      # writable by others: damaged
-    planted = os.path.join(store["code"], "planted.py")   # a file that is not the collection's: not current
+    planted = os.path.join(store["code"], "_state", "planted.py")   # a file that is not the collection's: not current
     with open(planted, "w") as f:
         f.write("import os\n")
     res, _text = state_play(install_args(pin_root, store))
@@ -522,7 +536,7 @@ def test_install_damaged_object_and_code_missing_then_rewritten(pin_root, store)
     assert res["installed"] == {"objects": [store["sha"]], "code": True, "unit": False}, res
     assert open(store["object"], "rb").read() == store["data"]
     files, new_ino = code_tree(store)
-    assert new_ino != ino and files == dict((n, (0o644, 0, c)) for n, c in code_files().items())
+    assert new_ino != ino and files == installed_as_wanted()
     assert [e["action"] for e in res["programs"]] == ["none"] and ps.Live(pin_root, INST).prog_id == prog_id
 
 

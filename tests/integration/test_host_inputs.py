@@ -23,8 +23,8 @@ from tests.conftest import ansible_module, needs_root
 from tests.integration.test_roles import failure_messages, run_playbook, state_result
 from test_ebpf_program_common import OBJECTS, kernel_ids, kname, leaked, mounts, private_object
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state
 
 pytestmark = needs_root
 

@@ -27,8 +27,8 @@ import pytest
 from tests.conftest import TOP, ansible_module, needs_root
 from test_ebpf_program_common import kernel_ids, kname, leaked, mounts, private_object
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state
 
 pytestmark = needs_root
 
@@ -313,10 +313,8 @@ PERSIST_PLAY = """
   tasks:
     - ansible.builtin.include_role:
         name: hypermesh.ebpf.ebpf_programs
-        tasks_from: persist
       vars:
-        __ebpf_programs_want: []
-        __ebpf_programs_prev_raw: {}
+        ebpf_programs: []
 """
 
 
@@ -344,6 +342,7 @@ def _persist(tmp, collections):
         f.write(PERSIST_PLAY)
     cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
            "-e", "ansible_python_interpreter=" + sys.executable]
+    cmd += ["-e", "ebpf_programs_pin_root=/sys/fs/bpf/hm-safety-%d" % os.getpid()]  # no programs: nothing pinned
     for key in ("lib", "etc", "state"):
         cmd += ["-e", "ebpf_programs_%s_dir=%s" % ({"lib": "lib", "etc": "config", "state": "state"}[key],
                                                    os.path.join(tmp, key))]
@@ -373,11 +372,11 @@ def test_module_utils_from_a_0777_checkout_are_installed_roots_and_go_w(tmp_path
     _copy_collection(coll)
     _persist(tmp, coll)
     lib = os.path.join(tmp, "lib", "ansible_collections", "hypermesh", "ebpf", "plugins", "module_utils")
-    assert os.path.exists(os.path.join(lib, "reapply.py")) and os.path.exists(os.path.join(lib, "lock.py"))
+    assert os.path.exists(os.path.join(lib, "_state", "reapply.py")) and os.path.exists(os.path.join(lib, "_common", "lock.py"))
     assert _unsafe(os.path.join(tmp, "lib")) == []
 
     # a file (same content) or the directory made writable by others: installed again, root's and go-w
-    victim = os.path.join(lib, "lock.py")
+    victim = os.path.join(lib, "_common", "lock.py")
     os.chmod(victim, 0o666)
     _persist(tmp, coll)
     assert _unsafe(os.path.join(tmp, "lib")) == []

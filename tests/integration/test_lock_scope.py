@@ -15,15 +15,15 @@ import time
 from tests.conftest import COLLECTIONS, ansible_module, needs_root
 from test_ebpf_program_common import pin_root_fixture, private_object, run
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state as ps
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state as ps
 
 pytestmark = needs_root
 
 pin_root = pin_root_fixture("hm-lockscope")
 TAG = "hmls%d" % (os.getpid() % 100000)
 OLD, NEW = TAG + "_old", TAG + "_new"
-REAPPLY = "ansible_collections.hypermesh.ebpf.plugins.module_utils.reapply"
+REAPPLY = "ansible_collections.hypermesh.ebpf.plugins.module_utils._state.reapply"
 
 
 def _desired(path, generation, name, src, symbols, attach, pin_root):

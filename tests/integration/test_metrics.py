@@ -34,12 +34,12 @@ from tests.conftest import COLLECTIONS, TOP, ansible_module, needs_root
 from tests.integration.netns import make_veth_pair
 from test_ebpf_map_common import bpftool_json, drop_program, module, ping, program
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 
 pytestmark = needs_root
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
-EXPORT = "ansible_collections.hypermesh.ebpf.plugins.module_utils.metrics_export"
+EXPORT = "ansible_collections.hypermesh.ebpf.plugins.module_utils._maps.metrics_export"
 PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 _SERIES = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')

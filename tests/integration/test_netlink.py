@@ -13,9 +13,9 @@ import pytest
 
 from tests.conftest import needs_root
 from tests.integration.netns import ping
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as b
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import netlink as nl
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import probes
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as b
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import netlink as nl
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
 
 pytestmark = needs_root
 
@@ -295,7 +295,7 @@ import os, sys
 sys.path.insert(0, sys.argv[1])
 sys.path.insert(0, sys.argv[2])
 from tests.integration.netns import make_veth_pair, ping
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as b, netlink as nl
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as b, netlink as nl
 def load(t, v):
     fd = b.prog_load(t, b.MOV64_IMM(0, v) + b.EXIT(), prog_name="hm_t_smoke")
     return fd, b.prog_info(fd)["id"]

@@ -1,5 +1,5 @@
 """The boot-time re-apply on the real kernel: the command hypermesh-ebpf-reapply.service runs
-(python -m ansible_collections.hypermesh.ebpf.plugins.module_utils.reapply, the collection on PYTHONPATH), on a
+(python -m ansible_collections.hypermesh.ebpf.plugins.module_utils._state.reapply, the collection on PYTHONPATH), on a
 desired.json written here in ebpf_state's format, with a private pin root and state directory.
 
 - an empty bpffs (what a reboot leaves): an XDP program (generic mode, on one end of a veth pair, with a map
@@ -23,7 +23,7 @@ from tests.conftest import COLLECTIONS, TOP, needs_root
 from tests.integration.netns import make_veth_pair
 from test_ebpf_program_common import mounts, run
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_state as ps
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state as ps
 
 pytestmark = needs_root
 
@@ -32,7 +32,7 @@ TAG = "hmra%d" % (os.getpid() % 100000)
 BLK, TP, LATE = TAG + "_blk", TAG + "_tp", TAG + "_late"
 LATE_PREFIX = "hmr%d" % (os.getpid() % 100000)
 LATE_SUBNET = "10.197.%d.0/24" % (os.getpid() % 250 + 1)
-REAPPLY = "ansible_collections.hypermesh.ebpf.plugins.module_utils.reapply"
+REAPPLY = "ansible_collections.hypermesh.ebpf.plugins.module_utils._state.reapply"
 
 
 def sha256(path):

@@ -29,7 +29,7 @@ import pytest
 from tests.conftest import COLLECTIONS, TOP, needs_root
 from tests.integration.netns import make_veth_pair
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import probes
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
 
 pytestmark = needs_root
 
@@ -369,12 +369,16 @@ def test_rollout_check_mode_first_changes_nothing_in_the_kernel(fleet):
 
 
 def py_digests(directory):
-    """name -> sha256 of the .py files in directory (what the role compares before installing module_utils)."""
+    """"<package>/<file>.py" -> sha256 of the .py files in directory's packages (what the role compares before
+    installing module_utils)."""
     out = {}
-    for name in sorted(os.listdir(directory)):
-        if name.endswith(".py"):
-            with open(os.path.join(directory, name), "rb") as f:
-                out[name] = hashlib.sha256(f.read()).hexdigest()
+    for pkg in sorted(os.listdir(directory)):
+        if not pkg.startswith("_") or not os.path.isdir(os.path.join(directory, pkg)):
+            continue
+        for name in sorted(os.listdir(os.path.join(directory, pkg))):
+            if name.endswith(".py"):
+                with open(os.path.join(directory, pkg, name), "rb") as f:
+                    out[pkg + "/" + name] = hashlib.sha256(f.read()).hexdigest()
     return out
 
 
@@ -407,7 +411,8 @@ def test_rollout_applies_then_changes_nothing(fleet):
         desired = json.loads(fleet.desired(h))
         assert [p["program"]["name"] for p in desired["programs"]] == ["counter", "openat"]
         lib = installed_module_utils(fleet, h)
-        assert os.path.exists(os.path.join(lib, "reapply.py")) and os.path.exists(os.path.join(lib, "bpf_syscall.py"))
+        assert os.path.exists(os.path.join(lib, "_state", "reapply.py"))
+        assert os.path.exists(os.path.join(lib, "_kernel", "bpf_syscall.py"))
         assert module_utils_in_sync(fleet, h)
     ids = dict((h, fleet.xdp_prog(h)) for h in HOSTS)
     desired = dict((h, fleet.desired(h)) for h in HOSTS)
@@ -459,7 +464,7 @@ def test_module_utils_are_installed_only_when_missing_or_damaged(fleet):
     first, upload = state_runs(doc, "h1")
     assert upload is None and first["installed"] == NOTHING_INSTALLED, first
 
-    victim = os.path.join(lib, "reapply.py")
+    victim = os.path.join(lib, "_state", "reapply.py")
     open(victim, "w").close()  # truncated
     rc, doc = fleet.rollout([counter(), OPENAT], limit="h1", check=True)
     assert rc == 0, failure_messages(doc)

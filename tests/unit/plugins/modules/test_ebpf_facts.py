@@ -2,8 +2,8 @@
 import pytest
 
 from ansible_collections.hypermesh.ebpf.plugins.modules import ebpf_facts
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import hardware, kernel_info, probes
-from ansible_collections.hypermesh.ebpf.plugins.module_utils.requirements import FEATURES
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import hardware, kernel_info, probes
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._host.requirements import FEATURES
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ import errno
 
 import pytest
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import bpf_syscall as bs
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import lock
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import pinned_map as pmod
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import map_apply
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import pinned_map as pmod
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_runner
 
 
 class Fail(Exception):
@@ -19,7 +19,7 @@ def run(check=False, diff=True, **params):
     """What the module does with these parameters (defaults filled in as AnsibleModule would)."""
     args = dict(path="/sys/fs/bpf/m", key_format="ipv4", value_format="int")
     args.update(params)
-    return map_apply.apply_entries(args, check_mode=check, diff=diff)
+    return map_runner.apply_entries(args, check_mode=check, diff=diff)
 
 
 @pytest.fixture

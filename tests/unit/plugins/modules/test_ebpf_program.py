@@ -2,8 +2,8 @@
 import yaml
 
 from ansible_collections.hypermesh.ebpf.plugins.modules import ebpf_program as m
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_run
-from ansible_collections.hypermesh.ebpf.plugins.module_utils import program_spec
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_runner
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_spec
 
 
 def _doc():
@@ -58,8 +58,8 @@ def test_privileges_need_capabilities(monkeypatch, tmp_path):
         return real_open(path, *a, **k)
     monkeypatch.setattr("builtins.open", fake_open)
     status.write_text("Name:\tx\nCapEff:\t0000000000000000\n")
-    assert not program_run.has_privileges()
+    assert not program_runner.has_privileges()
     status.write_text("CapEff:\t0000000000200000\n")  # CAP_SYS_ADMIN
-    assert program_run.has_privileges()
+    assert program_runner.has_privileges()
     status.write_text("CapEff:\t0000008000000000\n")  # CAP_BPF
-    assert program_run.has_privileges()
+    assert program_runner.has_privileges()

@@ -1,0 +1,230 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Attach points: check that one exists, read who holds it, verify ours is attached, attach, detach.
+
+One job: the per-kind kernel calls. XDP and tc go through netlink (netlink.py); tcx, tracing, LSM, cgroup,
+raw_tracepoint and perf (tracepoint/kprobe) attachments are bpf links that the caller pins, so they outlive
+the process. A spec is the dict from program_spec.normalize(). Importable without ansible.
+"""
+import ctypes
+import errno
+import os
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
+
+NETLINK_KINDS = ("xdp", "tc")
+LINK_KINDS = ("tcx", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry", "fexit", "lsm", "cgroup")
+CGROUP2_SUPER_MAGIC = 0x63677270
+TC_HANDLE = 1
+_TRACING_ATTACH = {"fentry": bs.BPF_TRACE_FENTRY, "fexit": bs.BPF_TRACE_FEXIT, "lsm": bs.BPF_LSM_MAC}
+_LINK_TYPE = {"tcx": bs.BPF_LINK_TYPE_TCX, "tracepoint": bs.BPF_LINK_TYPE_PERF_EVENT,
+              "kprobe": bs.BPF_LINK_TYPE_PERF_EVENT, "kretprobe": bs.BPF_LINK_TYPE_PERF_EVENT,
+              "raw_tracepoint": bs.BPF_LINK_TYPE_RAW_TRACEPOINT, "fentry": bs.BPF_LINK_TYPE_TRACING,
+              "fexit": bs.BPF_LINK_TYPE_TRACING, "lsm": bs.BPF_LINK_TYPE_TRACING,
+              "cgroup": bs.BPF_LINK_TYPE_CGROUP}
+
+
+class AttachError(Exception):
+    pass
+
+
+def _netlink():
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import netlink
+    return netlink
+
+
+def _xdp_state(spec):
+    """The interface's XDP slot: {"prog_id", "mode", "modes"} (netlink.xdp_query); AttachError when absent."""
+    nl = _netlink()
+    try:
+        return nl.xdp_query(spec["interface"], spec.get("netns"))
+    except nl.NetlinkError as e:
+        raise AttachError(str(e))
+
+
+def _cgroup_attach_type(spec):
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.program_spec import CGROUP_TYPES
+    return CGROUP_TYPES[spec["cgroup_type"]]
+
+
+def _tcx_attach_type(spec):
+    return bs.BPF_TCX_INGRESS if spec["direction"] == "ingress" else bs.BPF_TCX_EGRESS
+
+
+def _is_cgroup2(path):
+    libc = ctypes.CDLL(None, use_errno=True)  # the libc already loaded (find_library forks ldconfig)
+    buf = ctypes.create_string_buffer(256)
+    if libc.statfs(path.encode(), buf) != 0:
+        return False
+    return (ctypes.c_long.from_buffer(buf).value & 0xffffffff) == CGROUP2_SUPER_MAGIC
+
+
+def describe(spec):
+    """A short human form of an attach spec for messages and diffs."""
+    if not spec:
+        return "not attached"
+    kind = spec["type"]
+    if kind in ("xdp", "tc", "tcx"):
+        where = spec["interface"] + (" in netns %s" % spec["netns"] if spec.get("netns") else "")
+        extra = spec.get("direction") or spec.get("mode")
+        return "%s on %s (%s)" % (kind, where, extra)
+    if kind == "cgroup":
+        return "cgroup %s on %s" % (spec["cgroup_type"], spec["path"])
+    return "%s %s" % (kind, spec["target"])
+
+
+def check_target(spec):
+    """Raise a clear error when the attach target does not exist; change nothing."""
+    kind = spec["type"]
+    if kind in ("xdp", "tc", "tcx"):
+        nl = _netlink()
+        try:
+            nl.ifindex(spec["interface"], spec.get("netns"))
+        except nl.NetlinkError as e:
+            raise AttachError(str(e))
+    elif kind == "tracepoint":
+        from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import perf
+        perf.tracepoint_id(spec["target"])
+    elif kind == "cgroup":
+        if not os.path.isdir(spec["path"]) or not _is_cgroup2(spec["path"]):
+            raise AttachError("attach.cgroup.path %s is not a cgroup v2 directory" % spec["path"])
+
+
+def slot_holder(spec):
+    """XDP/tc: the prog id occupying the slot we want (0 when free). Link kinds share their hook: None."""
+    kind = spec["type"]
+    if kind == "xdp":
+        return _xdp_state(spec)["prog_id"] or 0
+    if kind == "tc":
+        for f in _netlink().tc_query(spec["interface"], spec["direction"], spec.get("netns")):
+            if f.get("priority") == spec["priority"] and f.get("handle") in (TC_HANDLE, None):
+                return f.get("prog_id") or 0
+        return 0
+    return None
+
+
+def link_matches(spec, link):
+    """Does the pinned link `link` (link_info dict) serve attach point `spec`? (prog id checked by caller)"""
+    kind = spec["type"]
+    if not link or link.get("type") != _LINK_TYPE.get(kind):
+        return False
+    if kind == "raw_tracepoint":
+        return link.get("tp_name") == spec["target"]
+    if kind in _TRACING_ATTACH:
+        return link.get("attach_type") == _TRACING_ATTACH[kind]
+    if kind == "cgroup":
+        try:
+            ino = os.stat(spec["path"]).st_ino
+        except OSError:
+            return False
+        return link.get("cgroup_id") == ino and link.get("attach_type") == _cgroup_attach_type(spec)
+    if kind == "tcx":
+        nl = _netlink()
+        try:
+            ifindex = nl.ifindex(spec["interface"], spec.get("netns"))
+        except nl.NetlinkError:
+            return False
+        return link.get("ifindex") == ifindex and link.get("attach_type") == _tcx_attach_type(spec)
+    return True  # perf links: the kernel does not report the tracepoint; the record names it
+
+
+def is_attached(spec, prog_id, link):
+    """True when the kernel shows prog_id attached at spec."""
+    if not prog_id:
+        return False
+    kind = spec["type"]
+    if kind == "xdp":
+        try:
+            state = _xdp_state(spec)
+        except Exception:
+            return False
+        if (state["prog_id"] or 0) != prog_id:
+            return False
+        return spec.get("mode", "auto") == "auto" or state["mode"] == spec["mode"]
+    if kind == "tc":
+        try:
+            return slot_holder(spec) == prog_id
+        except Exception:
+            return False
+    return bool(link) and link.get("prog_id") == prog_id and link_matches(spec, link)
+
+
+def attach_netlink(spec, prog_fd, expected_prog_id, name):
+    """Attach through netlink, taking the slot only as the caller read it: expected_prog_id 0 means "the slot is
+    free" (the kernel refuses if a program was attached meanwhile), an id means "that program holds it" (XDP:
+    replaced atomically only while it does; tc: checked just before the replace, tc has no compare-and-swap)."""
+    nl = _netlink()
+    try:
+        if spec["type"] == "xdp":
+            nl.xdp_attach(spec["interface"], prog_fd, mode=spec.get("mode", "auto"), netns=spec.get("netns"),
+                          replace_prog_id=expected_prog_id)
+        else:
+            nl.tc_attach(spec["interface"], spec["direction"], prog_fd, priority=spec["priority"], handle=TC_HANDLE,
+                         name=name, netns=spec.get("netns"), expected_prog_id=expected_prog_id)
+    except nl.NetlinkError as e:
+        raise AttachError(str(e))
+
+
+def _target_gone(spec):
+    """True when the interface (or its network namespace) of an XDP/tc spec no longer exists."""
+    nl = _netlink()
+    try:
+        nl.ifindex(spec["interface"], spec.get("netns"))
+    except nl.NetlinkError as e:
+        return e.errno in (errno.ENODEV, errno.ENOENT)
+    return False
+
+
+def detach_netlink(spec, expected_prog_ids):
+    """Remove our XDP/tc attachment at spec if the slot still holds one of expected_prog_ids."""
+    try:
+        holder = slot_holder(spec)
+    except Exception:
+        if _target_gone(spec):
+            return False  # interface or netns gone: nothing of ours is attached there any more
+        raise             # anything else: say so, rather than leave our program attached without its pins
+    if not holder or holder not in expected_prog_ids:
+        return False
+    if spec["type"] == "xdp":
+        nl = _netlink()
+        try:
+            nl.xdp_detach(spec["interface"], netns=spec.get("netns"), expected_prog_id=holder)
+        except nl.NetlinkError as e:
+            raise AttachError(str(e))
+    else:
+        _netlink().tc_detach(spec["interface"], spec["direction"], spec["priority"], TC_HANDLE, netns=spec.get("netns"))
+    return True
+
+
+def create_link(spec, prog_fd):
+    """Create the bpf link for a link kind; returns the link fd (the caller pins it, then closes it)."""
+    kind = spec["type"]
+    if kind == "raw_tracepoint":
+        return bs.raw_tracepoint_open(spec["target"], prog_fd)
+    if kind in _TRACING_ATTACH:
+        return bs.raw_tracepoint_open(None, prog_fd)
+    if kind == "cgroup":
+        cg = os.open(spec["path"], os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return bs.link_create(prog_fd, cg, _cgroup_attach_type(spec))
+        finally:
+            os.close(cg)
+    if kind == "tcx":
+        return _netlink().tcx_attach(spec["interface"], spec["direction"], prog_fd, netns=spec.get("netns"))
+    if kind in ("tracepoint", "kprobe", "kretprobe"):
+        from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import perf
+        if kind == "tracepoint":
+            pfd = perf.open_tracepoint(spec["target"])
+        else:
+            pfd = perf.open_kprobe(spec["target"], retprobe=(kind == "kretprobe"))
+        try:
+            return bs.link_create(prog_fd, pfd, bs.BPF_PERF_EVENT)
+        finally:
+            os.close(pfd)
+    raise AttachError("cannot attach %s" % kind)
+
+
+def can_update_link(old_spec, new_spec, link):
+    """link_update swaps the program behind an existing link atomically when the attach point is the same."""
+    return bool(link) and old_spec == new_spec and link_matches(new_spec, link) and \
+        new_spec["type"] in ("tcx", "cgroup")  # the link types with BPF_LINK_UPDATE

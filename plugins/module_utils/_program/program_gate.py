@@ -1,0 +1,65 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Gating of an attach point before any change: every feature it needs (program_spec.FEATURES) must be
+supported here, as probes.require() says (the same probes as ebpf_facts, the same refusal messages).
+
+One job, and a memo: a probe that said "supported" is remembered until the next boot, in
+/run/hypermesh-ebpf/features.json (tmpfs, root only, keyed by the kernel's boot id), so the next change on this
+host does not load the probe code and its tiny test programs again. Only successes are remembered: a feature
+that was refused is probed again every time. What can still change within one boot (a lockdown level raised
+at run time, an LSM policy) then shows as the kernel's own refusal of the real load or attach, which rolls
+back like any other failure.
+Importable without ansible.
+"""
+import json
+import os
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import atomic_file
+
+MEMO_PATH = os.environ.get("HYPERMESH_EBPF_FEATURES_MEMO", "/run/hypermesh-ebpf/features.json")
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def _boot_id():
+    try:
+        with open(BOOT_ID) as f:
+            return f.read().strip()
+    except (IOError, OSError):
+        return None
+
+
+def _read(path, boot):
+    try:
+        with open(path) as f:
+            memo = json.load(f)
+    except (IOError, OSError, ValueError):
+        return set()
+    if not isinstance(memo, dict) or memo.get("boot_id") != boot or not isinstance(memo.get("supported"), list):
+        return set()
+    return set(memo["supported"])
+
+
+def _write(path, boot, supported):
+    """Best effort (a memo that cannot be written only costs the probes next time)."""
+    try:
+        d = os.path.dirname(path)
+        if not os.path.isdir(d):
+            os.makedirs(d, 0o700)
+        atomic_file.write(path, json.dumps({"boot_id": boot, "supported": sorted(supported)}).encode("utf-8"))
+    except (IOError, OSError):
+        pass
+
+
+def require(features, memo_path=None):
+    """Raise probes.Unsupported (the collection's refusal) unless every feature in `features` is supported."""
+    path = memo_path or MEMO_PATH
+    boot = _boot_id()
+    known = _read(path, boot) if boot else set()
+    missing = [f for f in features if f not in known]
+    if not missing:
+        return
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
+    for feature in missing:
+        probes.require(feature)
+    if boot:
+        _write(path, boot, known | set(missing))

@@ -1,0 +1,218 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the user asked for, validated and normalised: names, paths, the attach point (from the `attach` option
+or, when omitted, from the ELF section as libbpf reads it), and the feature each attach point needs.
+
+One job: pure validation, no kernel calls except statfs on pin_root. Errors are SpecError with a message that
+names the option to fix. Importable without ansible.
+"""
+import ctypes
+import hashlib
+import os
+import re
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
+
+BPF_FS_MAGIC = 0xcafe4a11
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # bpffs refuses '.' in names
+RESERVED = ("_shared",)
+# names under <pin_root>/<name>/ that the program owns: prog, link, maps/, stage_<pid>/
+ATTACH_KINDS = ("xdp", "tc", "tcx", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry", "fexit",
+                "lsm", "cgroup")
+# attach kind -> features to gate on (probes.require), in order
+FEATURES = {
+    "xdp": ("xdp",), "tc": ("tc",), "tcx": ("tcx",),
+    "tracepoint": ("tracepoint", "perf_link"), "kprobe": ("kprobe", "perf_link"),
+    "kretprobe": ("kprobe", "perf_link"),
+    "raw_tracepoint": ("raw_tracepoint", "bpf_link"), "fentry": ("fentry", "bpf_link"),
+    "fexit": ("fentry", "bpf_link"), "lsm": ("lsm", "bpf_link"), "cgroup": ("cgroup", "bpf_link"),
+}
+CGROUP_TYPES = {
+    "ingress": bs.BPF_CGROUP_INET_INGRESS, "egress": bs.BPF_CGROUP_INET_EGRESS,
+    "sock_create": bs.BPF_CGROUP_INET_SOCK_CREATE, "sock_ops": bs.BPF_CGROUP_SOCK_OPS,
+    "device": bs.BPF_CGROUP_DEVICE, "bind4": bs.BPF_CGROUP_INET4_BIND, "bind6": bs.BPF_CGROUP_INET6_BIND,
+    "connect4": bs.BPF_CGROUP_INET4_CONNECT, "connect6": bs.BPF_CGROUP_INET6_CONNECT,
+    "sysctl": bs.BPF_CGROUP_SYSCTL,
+}
+# ELF section prefix (libbpf's conventions) -> (attach kind, cgroup type or tcx direction)
+_SECTION_CGROUP = {"cgroup_skb/ingress": "ingress", "cgroup_skb/egress": "egress", "cgroup/skb": "ingress",
+                   "cgroup/sock_create": "sock_create", "cgroup/sock": "sock_create", "sockops": "sock_ops",
+                   "cgroup/dev": "device", "cgroup/bind4": "bind4", "cgroup/bind6": "bind6",
+                   "cgroup/connect4": "connect4", "cgroup/connect6": "connect6", "cgroup/sysctl": "sysctl"}
+
+
+class SpecError(ValueError):
+    pass
+
+
+def check_name(name):
+    if not name or not NAME_RE.match(name) or ".." in name or name in RESERVED:
+        raise SpecError("name %r is not valid: use 1-63 letters, digits, '_' or '-', starting with a letter "
+                        "or digit, without '/' or '..' (and not %s)" % (name, ", ".join(RESERVED)))
+    return name
+
+
+ELF_NAME_MAX = 255
+
+
+def _elf_name_problem(name):
+    """Why a program or map name read from an ELF object cannot be used for pins and records, or None."""
+    if not name or len(name) > ELF_NAME_MAX:
+        return "is empty or longer than %d characters" % ELF_NAME_MAX
+    if any(not 0x21 <= ord(c) <= 0x7e for c in name):
+        return "is not printable ASCII (bytes that are not UTF-8, spaces or control characters)"
+    if "/" in name or name in (".", ".."):
+        return "would be a path, not a name ('/', '.' or '..')"
+    return None
+
+
+def _shown(name):
+    """A name for a message: non-ASCII and undecodable bytes (surrogate escapes) as \\x.. escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+
+
+def check_elf_names(path, programs, map_defs=()):
+    """Refuse an object whose program or map names could not be pinned safely, before any pin is made (libbpf
+    pins maps of LIBBPF_PIN_BY_NAME at <pin_root>/_shared/<name> during load). programs: [{"name"}] and
+    map_defs: [{"name"}] as libbpf read them (undecodable bytes kept as surrogate escapes)."""
+    for kind, items in (("program", programs), ("map", map_defs)):
+        for item in items:
+            problem = _elf_name_problem(item["name"])
+            if problem:
+                raise SpecError("object %s: %s name '%s' %s: refusing the object, nothing changed"
+                                % (_shown(path), kind, _shown(item["name"]), problem))
+
+
+def _fs_type(path):
+    libc = ctypes.CDLL(None, use_errno=True)  # the libc already loaded (find_library forks ldconfig)
+    buf = ctypes.create_string_buffer(256)
+    if libc.statfs(path.encode(), buf) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buf).value & 0xffffffff
+
+
+def check_pin_root(pin_root):
+    """pin_root must be absolute, without '..', and on a mounted bpffs (checked on its nearest existing parent)."""
+    if not pin_root or not os.path.isabs(pin_root) or ".." in pin_root.split("/"):
+        raise SpecError("pin_root %r must be an absolute path without '..'" % pin_root)
+    probe = os.path.normpath(pin_root)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if _fs_type(probe) != BPF_FS_MAGIC:
+        raise SpecError("pin_root %s is not on a bpf filesystem (%s is not bpffs): pins need bpffs; mount it "
+                        "(mount -t bpf bpf /sys/fs/bpf) or choose a pin_root under a bpffs mount"
+                        % (pin_root, probe))
+    return os.path.normpath(pin_root)
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_object(path, sha256=None):
+    """The object file must exist, be an ELF file, and match `sha256` when given. Returns its digest."""
+    if not os.path.isfile(path):
+        raise SpecError("object %s does not exist on this host" % path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"\x7fELF":
+        raise SpecError("object %s is not an ELF file (build it with clang -target bpf)" % path)
+    digest = file_sha256(path)
+    if sha256 and sha256.lower() != digest:
+        raise SpecError("object %s has sha256 %s, not the expected %s: refusing it" % (path, digest, sha256))
+    return digest
+
+
+def choose_program(programs, wanted, path):
+    """programs: [{"name","section"}] from libbpf. Returns the chosen entry."""
+    names = [p["name"] for p in programs]
+    if wanted:
+        for p in programs:
+            if p["name"] == wanted:
+                return p
+        raise SpecError("program %s not found in %s (it has: %s)" % (wanted, path, ", ".join(names) or "none"))
+    if len(programs) != 1:
+        raise SpecError("%s has %d programs (%s): set `program` to choose one"
+                        % (path, len(programs), ", ".join(names)))
+    return programs[0]
+
+
+def from_section(section):
+    """The attach point an ELF section implies, or (kind, partial dict) for kinds that need user parameters."""
+    head, _sep, rest = section.partition("/")
+    if head in ("tracepoint", "tp") and rest:
+        return {"type": "tracepoint", "target": rest}
+    if head in ("raw_tracepoint", "raw_tp", "raw_tracepoint.w", "raw_tp.w") and rest:
+        return {"type": "raw_tracepoint", "target": rest}
+    if head in ("kprobe", "kretprobe") and rest:
+        return {"type": head, "target": rest}
+    if head in ("fentry", "fexit", "fentry.s", "fexit.s") and rest:
+        return {"type": head.split(".")[0], "target": rest}
+    if head in ("lsm", "lsm.s") and rest:
+        return {"type": "lsm", "target": rest}
+    if head in ("xdp", "xdp.frags"):
+        return {"type": "xdp"}
+    if head == "tcx" or (head == "tc" and rest in ("ingress", "egress")):
+        return {"type": "tcx", "direction": rest or None}
+    if head in ("tc", "classifier", "action"):
+        return {"type": "tc"}
+    for prefix, ctype in _SECTION_CGROUP.items():
+        if section == prefix or section.startswith(prefix + "/"):
+            return {"type": "cgroup", "cgroup_type": ctype}
+    return {"type": None}
+
+
+def normalize(attach, section):
+    """One attach dict {"type": kind, ...fields} from the `attach` option (at most one key) or the section."""
+    attach = dict((k, v) for k, v in (attach or {}).items() if v not in (None, {}, ""))
+    implied = from_section(section)
+    if len(attach) > 1:
+        raise SpecError("attach takes at most one attach point, got: %s" % ", ".join(sorted(attach)))
+    if not attach:
+        kind = implied["type"]
+        if kind is None:
+            raise SpecError("the ELF section %r does not say where to attach: set `attach`" % section)
+        if kind in ("xdp", "tc", "tcx"):
+            raise SpecError("section %r is a %s program: set attach.%s.interface" % (section, kind, kind))
+        if kind == "cgroup":
+            raise SpecError("section %r is a cgroup program: set attach.cgroup.path" % section)
+        return {"type": kind, "target": implied["target"]}
+    kind, value = list(attach.items())[0]
+    if kind not in ATTACH_KINDS:
+        raise SpecError("unknown attach point %r (one of: %s)" % (kind, ", ".join(ATTACH_KINDS)))
+    if kind in ("xdp", "tc", "tcx"):
+        if not isinstance(value, dict) or not value.get("interface"):
+            raise SpecError("attach.%s.interface is required" % kind)
+        out = {"type": kind, "interface": value["interface"], "netns": value.get("netns") or None}
+        if kind == "xdp":
+            out["mode"] = value.get("mode") or "auto"
+        elif kind == "tc":
+            out["direction"] = value.get("direction") or "ingress"
+            out["priority"] = int(value.get("priority") or 1)
+        else:
+            out["direction"] = value.get("direction") or implied.get("direction") or "ingress"
+        return out
+    if kind == "cgroup":
+        if not isinstance(value, dict) or not value.get("path"):
+            raise SpecError("attach.cgroup.path is required (a cgroup v2 directory)")
+        ctype = value.get("type") or implied.get("cgroup_type")
+        if ctype not in CGROUP_TYPES:
+            raise SpecError("attach.cgroup.type must be one of %s" % ", ".join(sorted(CGROUP_TYPES)))
+        return {"type": "cgroup", "path": os.path.normpath(value["path"]), "cgroup_type": ctype}
+    if not isinstance(value, str) or not value:
+        raise SpecError("attach.%s must be a name" % kind)
+    return {"type": kind, "target": value}
+
+
+def retarget(spec, section):
+    """For fentry/fexit/lsm: the BTF target to set before load when it differs from the section's, else None."""
+    if spec["type"] not in ("fentry", "fexit", "lsm"):
+        return None
+    implied = from_section(section)
+    if implied.get("type") == spec["type"] and implied.get("target") == spec["target"]:
+        return None
+    return spec["target"]

@@ -1,0 +1,75 @@
+"""libbpf.py over the host's libbpf: ABI layout, opening objects (no kernel load needed), errors."""
+import ctypes
+import ctypes.util
+import os
+
+import pytest
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libbpf
+
+from tests.conftest import TOP  # noqa: E402
+OBJ = os.path.join(TOP, "examples", "objects")
+
+
+def _libbpf_installed():
+    """A fact of the machine, not libbpf.available() (the code under test): a libbpf.so.* the loader can find."""
+    return ctypes.util.find_library("bpf") is not None
+
+
+pytestmark = pytest.mark.skipif(not _libbpf_installed(), reason="no libbpf shared library on this machine "
+                                "(ctypes.util.find_library('bpf'))")
+
+
+def test_open_opts_layout_is_the_same_in_every_version():
+    # pin_root_path sits at offset 24 in 0.3 .. 1.x; sz 32 is accepted by all of them
+    assert libbpf._OpenOpts.pin_root_path.offset == 24
+    assert ctypes.sizeof(libbpf._OpenOpts) == 32
+
+
+def test_programs_and_sections():
+    with libbpf.BpfObject(os.path.join(OBJ, "xdp_multi.bpf.o")) as o:
+        assert o.programs() == [{"name": "xdp_pass_a", "section": "xdp"}, {"name": "xdp_pass_b", "section": "xdp"}]
+    with libbpf.BpfObject(os.path.join(OBJ, "tp_openat.bpf.o")) as o:
+        assert o.programs() == [{"name": "count_openat", "section": "tracepoint/syscalls/sys_enter_openat"}]
+
+
+def test_map_defs_before_load():
+    with libbpf.BpfObject(os.path.join(OBJ, "xdp_counter.bpf.o")) as o:
+        d = dict((m["name"], m) for m in o.map_defs())
+        assert d["xdp_stats"]["key_size"] == 4 and d["xdp_stats"]["value_size"] == 16
+        assert d["xdp_stats"]["max_entries"] == 1 and d["xdp_stats"]["pin_path"] is None
+    with libbpf.BpfObject(os.path.join(OBJ, "xdp_pinned_shared.bpf.o"), pin_root_path="/sys/fs/bpf/x/_shared") as o:
+        d = dict((m["name"], m) for m in o.map_defs())
+        assert d["shared_counter"]["pin_path"] == "/sys/fs/bpf/x/_shared/shared_counter"
+
+
+def test_select_unknown_program():
+    with libbpf.BpfObject(os.path.join(OBJ, "xdp_multi.bpf.o")) as o:
+        with pytest.raises(libbpf.LibbpfError, match="program 'nope' not found"):
+            o.select("nope")
+        o.select("xdp_pass_b")
+
+
+@pytest.mark.parametrize("content,needle", [(b"not an elf at all", "BPF object format invalid"),
+                                            (None, "format invalid")])
+def test_open_bad_files(tmp_path, content, needle):
+    path = tmp_path / "bad.o"
+    if content is None:
+        content = open(os.path.join(OBJ, "xdp_counter.bpf.o"), "rb").read()[:700]
+    path.write_bytes(content)
+    with pytest.raises(libbpf.LibbpfError, match=needle) as err:
+        libbpf.BpfObject(str(path))
+    assert err.value.errno > 0 and "libbpf" in str(err.value)
+
+
+def test_open_missing_file(tmp_path):
+    with pytest.raises(libbpf.LibbpfError, match="No such file"):
+        libbpf.BpfObject(str(tmp_path / "missing.o"))
+
+
+def test_log_capture_through_vsnprintf(tmp_path):
+    path = tmp_path / "bad.o"
+    path.write_bytes(b"\x7fELF garbage")
+    with pytest.raises(libbpf.LibbpfError):
+        libbpf.BpfObject(str(path))
+    assert "bad.o" in libbpf.log_text()  # the message was formatted from libbpf's format string and va_list

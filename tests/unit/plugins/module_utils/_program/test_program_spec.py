@@ -1,0 +1,159 @@
+"""program_spec: names, pin_root, objects, program choice and attach points, as tables."""
+import hashlib
+import os
+import subprocess
+
+import pytest
+
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_spec as ps
+
+from tests.conftest import TOP  # noqa: E402
+XDP_OBJ = os.path.join(TOP, "examples", "objects", "xdp_counter.bpf.o")
+
+
+@pytest.mark.parametrize("name", ["a", "xdp-counter", "X_1", "a" * 63])
+def test_good_names(name):
+    assert ps.check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "../x", "a..b", ".x", "a.b", "_shared", "-x", "a" * 64,
+                                  "a b", "a\nb"])
+def test_bad_names(name):
+    with pytest.raises(ps.SpecError, match="not valid"):
+        ps.check_name(name)
+
+
+@pytest.mark.parametrize("root", ["relative/path", "/sys/fs/bpf/../etc", ""])
+def test_pin_root_must_be_absolute_without_dotdot(root):
+    with pytest.raises(ps.SpecError, match="absolute"):
+        ps.check_pin_root(root)
+
+
+def test_pin_root_outside_bpffs(tmp_path):
+    with pytest.raises(ps.SpecError, match="not on a bpf filesystem"):
+        ps.check_pin_root(str(tmp_path / "a" / "b"))
+
+
+@pytest.fixture
+def bpffs(tmp_path):
+    """A bpffs of the test's own, mounted on a temporary directory (mount(2) needs root: CI runs as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a bpffs needs root (uid %d)" % os.geteuid())
+    where = tmp_path / "bpffs"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(where)], check=True)
+    try:
+        yield str(where)
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_pin_root_on_bpffs(bpffs):
+    assert ps.check_pin_root(bpffs + "/hypermesh/") == bpffs + "/hypermesh"
+    assert ps.check_pin_root(bpffs + "/a/b") == bpffs + "/a/b"   # checked on its nearest existing parent
+
+
+def test_check_object(tmp_path):
+    with pytest.raises(ps.SpecError, match="does not exist"):
+        ps.check_object(str(tmp_path / "nope.o"))
+    junk = tmp_path / "junk.o"
+    junk.write_bytes(b"hello world")
+    with pytest.raises(ps.SpecError, match="not an ELF"):
+        ps.check_object(str(junk))
+    digest = hashlib.sha256(open(XDP_OBJ, "rb").read()).hexdigest()
+    assert ps.check_object(XDP_OBJ) == digest
+    assert ps.check_object(XDP_OBJ, digest.upper()) == digest
+    with pytest.raises(ps.SpecError, match="not the expected"):
+        ps.check_object(XDP_OBJ, "0" * 64)
+
+
+def test_choose_program():
+    progs = [{"name": "a", "section": "xdp"}, {"name": "b", "section": "xdp"}]
+    assert ps.choose_program(progs, "b", "o")["name"] == "b"
+    assert ps.choose_program(progs[:1], None, "o")["name"] == "a"
+    with pytest.raises(ps.SpecError, match="has 2 programs"):
+        ps.choose_program(progs, None, "o")
+    with pytest.raises(ps.SpecError, match="program c not found in o"):
+        ps.choose_program(progs, "c", "o")
+
+
+@pytest.mark.parametrize("section,expected", [
+    ("tracepoint/syscalls/sys_enter_openat", {"type": "tracepoint", "target": "syscalls/sys_enter_openat"}),
+    ("tp/sched/sched_switch", {"type": "tracepoint", "target": "sched/sched_switch"}),
+    ("raw_tracepoint/sys_enter", {"type": "raw_tracepoint", "target": "sys_enter"}),
+    ("raw_tp/sys_exit", {"type": "raw_tracepoint", "target": "sys_exit"}),
+    ("kprobe/do_unlinkat", {"type": "kprobe", "target": "do_unlinkat"}),
+    ("kretprobe/do_unlinkat", {"type": "kretprobe", "target": "do_unlinkat"}),
+    ("fentry/do_unlinkat", {"type": "fentry", "target": "do_unlinkat"}),
+    ("fexit.s/x", {"type": "fexit", "target": "x"}),
+    ("lsm/file_open", {"type": "lsm", "target": "file_open"}),
+    ("xdp", {"type": "xdp"}),
+    ("classifier", {"type": "tc"}),
+    ("tc", {"type": "tc"}),
+    ("tcx/egress", {"type": "tcx", "direction": "egress"}),
+    ("tc/ingress", {"type": "tcx", "direction": "ingress"}),
+    ("cgroup_skb/egress", {"type": "cgroup", "cgroup_type": "egress"}),
+    ("cgroup/connect4", {"type": "cgroup", "cgroup_type": "connect4"}),
+    ("socket", {"type": None}),
+])
+def test_from_section(section, expected):
+    assert ps.from_section(section) == expected
+
+
+@pytest.mark.parametrize("attach,section,expected", [
+    (None, "tracepoint/syscalls/sys_enter_openat", {"type": "tracepoint", "target": "syscalls/sys_enter_openat"}),
+    ({"raw_tracepoint": "sys_exit"}, "raw_tracepoint/sys_enter", {"type": "raw_tracepoint", "target": "sys_exit"}),
+    ({"xdp": {"interface": "eth0", "netns": None, "mode": None}}, "xdp",
+     {"type": "xdp", "interface": "eth0", "netns": None, "mode": "auto"}),
+    ({"tc": {"interface": "eth0", "direction": "egress", "priority": 7}}, "classifier",
+     {"type": "tc", "interface": "eth0", "netns": None, "direction": "egress", "priority": 7}),
+    ({"tcx": {"interface": "eth0", "netns": "blue"}}, "tcx/egress",
+     {"type": "tcx", "interface": "eth0", "netns": "blue", "direction": "egress"}),
+    ({"cgroup": {"path": "/sys/fs/cgroup/x/"}}, "cgroup_skb/ingress",
+     {"type": "cgroup", "path": "/sys/fs/cgroup/x", "cgroup_type": "ingress"}),
+    ({"xdp": None, "lsm": "file_open"}, "lsm/bprm_check_security", {"type": "lsm", "target": "file_open"}),
+])
+def test_normalize(attach, section, expected):
+    assert ps.normalize(attach, section) == expected
+
+
+@pytest.mark.parametrize("attach,section,message", [
+    (None, "xdp", "attach.xdp.interface"),
+    (None, "classifier", "attach.tc.interface"),
+    (None, "cgroup_skb/egress", "attach.cgroup.path"),
+    (None, "socket", "does not say where"),
+    ({"xdp": {"interface": "a"}, "tracepoint": "a/b"}, "xdp", "at most one"),
+    ({"xdp": {"netns": "x"}}, "xdp", "attach.xdp.interface is required"),
+    ({"cgroup": {"path": "/x"}}, "xdp", "attach.cgroup.type must be one of"),
+])
+def test_normalize_errors(attach, section, message):
+    with pytest.raises(ps.SpecError, match=message):
+        ps.normalize(attach, section)
+
+
+def test_retarget_only_when_target_differs():
+    assert ps.retarget({"type": "fentry", "target": "do_unlinkat"}, "fentry/do_unlinkat") is None
+    assert ps.retarget({"type": "fentry", "target": "vfs_read"}, "fentry/do_unlinkat") == "vfs_read"
+    assert ps.retarget({"type": "xdp", "interface": "a"}, "xdp") is None
+
+
+def test_every_kind_is_gated_by_known_features():
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host.requirements import REQUIREMENTS
+    assert set(ps.FEATURES) == set(ps.ATTACH_KINDS)
+    for features in ps.FEATURES.values():
+        assert all(f in REQUIREMENTS for f in features)
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/abs", ".", "..", "a/b", "xdp_\udcffount", "sp ace", "", "x" * 256])
+def test_elf_names_that_are_not_safe_pin_names_are_refused(name):
+    with pytest.raises(ps.SpecError) as e:
+        ps.check_elf_names("/o.bpf.o", [{"name": "ok"}], [{"name": name}])
+    assert "map name" in str(e.value) and "nothing changed" in str(e.value)
+    str(e.value).encode("ascii")  # the message itself is plain ASCII (undecodable bytes shown as \xNN)
+    with pytest.raises(ps.SpecError, match="program name"):
+        ps.check_elf_names("/o.bpf.o", [{"name": name}])
+
+
+@pytest.mark.parametrize("name", ["xdp_count", ".bss", "xdp_coun.rodata", "a-b"])
+def test_elf_names_that_are_fine(name):
+    ps.check_elf_names("/o.bpf.o", [{"name": name}], [{"name": name}])
