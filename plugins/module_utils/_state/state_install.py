@@ -9,8 +9,8 @@ re-apply runs and the re-apply unit.
   missing.
 - code: `<lib_dir>/ansible_collections/hypermesh/ebpf/plugins/module_utils/` and its packages (`_kernel/`, ...),
   current when every directory from lib_dir down and every file in it is ours, writable by no one else, no link,
-  only `*.py` files in the packages, and its digest (code_digest) is the wanted one. Otherwise it is replaced whole from `files` (written beside it, exchanged with
-  it in one rename), or missing.
+  only `*.py` files in the packages, and its digest (code_digest) is the wanted one. Otherwise it is replaced
+  whole from `files` (written beside it, exchanged with it in one rename), or missing.
 - unit: hypermesh-ebpf-reapply.service on a host booted with systemd: written when it differs (then
   `systemctl daemon-reload`), enabled when it is not.
 
