@@ -7,6 +7,8 @@ A result (one JSON file per guest, written by the converge playbook, completed b
 The rollout phase (side_effect.yml) adds results/<guest>.rollout.json (rollout1, rollout2, reboot, prune: changed
 task counts, module runs on the host, seconds, the kernel state read in the guest and its problems) and
 results/plays-side_effect.json (every play's seconds, for the phase times; hm_changes).
+A kernel brought in $HYPERMESH_CACHE/kernels/<name>/ ran the custom scenario alone, its records in the run's
+kernel-<name>/ folder (the same files): its column is kernel-<name>, with its own step times.
 """
 import glob
 import json
@@ -50,8 +52,9 @@ def merge(converge, verify=None, instance=None, steps=None, rollout=None):
     return r
 
 
-def load_run(run):
-    """Every guest of a matrix run folder: results/<guest>.converge.json, .verify.json, instances.json."""
+def load_run(run, kernels=True):
+    """Every guest of a matrix run folder: results/<guest>.converge.json, .verify.json, instances.json, and
+    the guest of each kernel-<name>/ folder in it (kernels brought), renamed kernel-<name>."""
     instances = {i["instance"]: i for i in _load(os.path.join(run, "instances.json"), [])}
     steps = _load(os.path.join(run, "steps.json"), {})
     results = []
@@ -66,7 +69,29 @@ def load_run(run):
     user = _load(os.path.join(run, "user.json"), None)
     if user is not None:  # scripts/matrix.sh user: the user's programs and playbook
         results = load_user(run, user, results)
+    if kernels:
+        results += load_kernels(run)
     return sorted(results, key=lambda r: (_rank(r.get("guest", "")), r.get("guest", "")))
+
+
+def load_kernels(run):
+    """The guests of the run's kernel-<name>/ folders (scripts/matrix.sh: the custom scenario with
+    HYPERMESH_KERNEL=<name>), each renamed kernel-<name> and marked with its name and kernel files."""
+    out = []
+    for sub in sorted(glob.glob(os.path.join(run, "kernel-*"))):
+        if not os.path.isdir(sub):
+            continue
+        guest = os.path.basename(sub)
+        for r in load_run(sub, kernels=False):
+            if r.get("guest") != "custom":
+                continue
+            r["guest"] = guest
+            r["kernel"] = {"name": guest[len("kernel-"):], "image": r.pop("custom_kernel", None)}
+            # matrix.sh names the steps of this kernel's run kernel-<name>.<step>
+            r["steps"] = {(k[len(guest) + 1:] if k.startswith(guest + ".") else k): v
+                          for k, v in r.get("steps", {}).items()}
+            out.append(r)
+    return out
 
 
 OURS = "Hypermesh user matrix:"  # the plays of extensions/molecule/user/ around the user's playbook
@@ -215,6 +240,9 @@ def to_json(results, generated=None, phases=None):
         }
         if r.get("rollout"):
             guests[r["guest"]]["rollout"] = rollout_summary(r["rollout"])
+        if r.get("kernel"):  # a kernel brought: its files and its own run's step times
+            guests[r["guest"]]["kernel"] = r["kernel"]
+            guests[r["guest"]]["steps_seconds"] = r.get("steps", {})
         if r.get("user"):
             guests[r["guest"]]["user"] = r["user"]
     steps = results[0].get("steps", {}) if results else {}
@@ -354,8 +382,18 @@ def to_markdown(report):
         for name, secs in report["rollout_phases"]:
             out.append("| %s | %s |" % (name.replace("|", "/"), secs))
         out.append("| all plays | %s |" % round(sum(phase[1] or 0 for phase in report["rollout_phases"]), 1))
+    brought = [n for n in names if guests[n].get("kernel")]
+    if brought:
+        out += ["", "## Kernels brought ($HYPERMESH_CACHE/kernels/<name>/, each alone on its rootfs)", "",
+                "| guest | kernel release (in the guest) | image | rootfs | steps (seconds) |", "|---|---|---|---|---|"]
+        for n in brought:
+            g = guests[n]
+            steps = ", ".join("%s %s" % (k, v) for k, v in g.get("steps_seconds", {}).items()) or "-"
+            out.append("| %s | %s | %s | %s | %s |" % (n, g["release"] or "?", g["kernel"].get("image") or "?",
+                                                       g["suite"] or "?", steps))
     if report.get("steps_seconds"):
-        out += ["", "## Steps (seconds, all guests together)", "",
+        title = "## Steps (seconds, all guests together%s)" % ("; kernels brought: above" if brought else "")
+        out += ["", title, "",
                 "| " + " | ".join(report["steps_seconds"]) + " |",
                 "|" + "---|" * len(report["steps_seconds"]),
                 "| " + " | ".join(str(v) for v in report["steps_seconds"].values()) + " |"]

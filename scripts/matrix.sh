@@ -2,6 +2,9 @@
 # The kernel matrix: build (or reuse) the Debian guest images, run the Molecule scenario on qemu guests
 # (create, prepare, converge, idempotence, verify, rollout = side_effect, destroy, each step timed), write docs/kernel-matrix.*.
 #   scripts/matrix.sh            the five Debian guests (scenario default)
+#                                then every kernel of $HYPERMESH_CACHE/kernels/<name>/, guest kernel-<name>
+#                                (scenario custom, one after the other; none there: nothing more is done)
+#   scripts/matrix.sh kernels    only the kernels of $HYPERMESH_CACHE/kernels/ (report in the run folder)
 #   scripts/matrix.sh custom     a kernel you bring: HYPERMESH_GUEST_KERNEL=... (see docs/harness.md)
 #   scripts/matrix.sh user --programs DIR --playbook PLAY.yml [--verify V.yml] [--guests a,b] --out DIR
 #                                your programs and playbook, your report (scripts/matrix_user.sh)
@@ -20,6 +23,22 @@ cd "$top"
 export PATH="$top/.venv/bin:$PATH"
 export HYPERMESH_CACHE=${HYPERMESH_CACHE:-/var/cache/hypermesh-ebpf}
 export PY_COLORS=0 ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1
+
+# The kernels users bring ($HYPERMESH_CACHE/kernels/<name>/, docs/harness.md "Kernels you bring, in the
+# matrix"), each checked (name, owner and mode, the config's options) before anything is built or booted: one
+# refused stops the run.
+kernels=()
+if [ "$scenario" = default ] || [ "$scenario" = kernels ]; then
+  if ! found=$(python3 -m harness.kernels list); then
+    echo "matrix: a kernel of $HYPERMESH_CACHE/kernels was refused (above): fix it or move it out of there"
+    exit 2
+  fi
+  [ -z "$found" ] || mapfile -t kernels <<< "$found"
+  if [ "$scenario" = kernels ] && [ ${#kernels[@]} -eq 0 ]; then
+    echo "matrix: no kernel in $HYPERMESH_CACHE/kernels/ (docs/harness.md, \"Kernels you bring, in the matrix\")"
+    exit 2
+  fi
+fi
 
 # Harness-specific tools that scripts/bootstrap.sh may not install everywhere.
 need=()
@@ -73,8 +92,11 @@ cleanup() {
   kill "$tail_pid" 2>/dev/null || true
   rm -rf "${top:?}/$snap"
   if [ "${HYPERMESH_KEEP:-0}" != 1 ]; then
-    molecule destroy -s "$scenario" >/dev/null 2>&1 || true
+    [ "$scenario" = kernels ] || molecule destroy -s "$scenario" >/dev/null 2>&1 || true
     python3 -m harness down --state "$HYPERMESH_STATE" || true
+    for kstate in "$run"/kernel-*/guests; do  # the kernels' guests (each had its own state folder)
+      [ ! -d "$kstate" ] || python3 -m harness down --state "$kstate" || true
+    done
   fi
   exit $rc
 }
@@ -114,24 +136,47 @@ if [ "$scenario" = user ]; then
 fi
 if [ "$scenario" = custom ]; then
   read -r -a suites <<< "${HYPERMESH_GUEST_ROOTFS:-bookworm}"
+elif [ "$scenario" = kernels ]; then
+  read -r -a suites <<< "$(printf '%s\n' "${kernels[@]#* }" | sort -u | tr '\n' ' ')"
 else
   suites=(bullseye bookworm trixie sid)
 fi
 step images python3 -m harness build "${suites[@]}"
 # after the images: the harness tests boot one real guest from them
 step harness_unit python -m pytest -q tests/harness
-step destroy molecule destroy -s "$scenario"
-step create molecule create -s "$scenario"
-cp "$HYPERMESH_STATE/instances.json" "$run/instances.json"
-step prepare molecule prepare -s "$scenario"
-step converge molecule converge -s "$scenario"
-step idempotence molecule idempotence -s "$scenario"
-step verify molecule verify -s "$scenario"
-step rollout molecule side-effect -s "$scenario"
-if [ "${HYPERMESH_KEEP:-0}" != 1 ]; then
-  step destroy_end molecule destroy -s "$scenario"
-  python3 -m harness check-clean --state "$HYPERMESH_STATE"
-fi
+scenario_steps() {  # scenario [step name prefix]: the scenario's steps on its guests, then their teardown
+  local s=$1 p=${2:-}
+  step "${p}destroy" molecule destroy -s "$s"
+  step "${p}create" molecule create -s "$s"
+  cp "$HYPERMESH_STATE/instances.json" "$(dirname "$HYPERMESH_RESULTS")/instances.json"
+  step "${p}prepare" molecule prepare -s "$s"
+  step "${p}converge" molecule converge -s "$s"
+  step "${p}idempotence" molecule idempotence -s "$s"
+  step "${p}verify" molecule verify -s "$s"
+  step "${p}rollout" molecule side-effect -s "$s"
+  if [ "${HYPERMESH_KEEP:-0}" != 1 ]; then
+    step "${p}destroy_end" molecule destroy -s "$s"
+    python3 -m harness check-clean --state "$HYPERMESH_STATE"
+  fi
+}
+[ "$scenario" = kernels ] || scenario_steps "$scenario"
+# Each kernel brought: the custom scenario with HYPERMESH_KERNEL=<name> (the guest checks its directory again
+# when it boots), its records in $run/kernel-<name>/ (the report's column kernel-<name>), its own step times.
+for entry in "${kernels[@]}"; do
+  name=${entry%% *}
+  kdir="$run/kernel-$name"
+  mkdir -p "$kdir/results"
+  echo "{}" > "$kdir/steps.json"
+  ks=$(date +%s)
+  (  # a subshell: its variables end with it; a failing step ends it and the run (set -e)
+    unset HYPERMESH_GUEST_KERNEL HYPERMESH_GUEST_INITRD HYPERMESH_GUEST_CMDLINE
+    export HYPERMESH_KERNEL=$name HYPERMESH_GUEST_ROOTFS=${entry#* } HYPERMESH_STATE="$kdir/guests" \
+      HYPERMESH_RESULTS="$kdir/results"
+    steps_json="$kdir/steps.json"
+    scenario_steps custom "kernel-$name."
+    note_step total $(( $(date +%s) - ks ))
+  )
+done
 total=$(( $(date +%s) - t0 ))
 note_step total "$total"
 out=docs
