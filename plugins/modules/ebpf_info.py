@@ -35,6 +35,11 @@ options:
     description: The bpffs directory managed programs are pinned under.
     type: path
     default: /sys/fs/bpf/hypermesh
+  state_dir:
+    description: Where the modules keep their state records (C(<state_dir>/programs/<name>.json)), which tell
+      the managed programs; the O(hypermesh.ebpf.ebpf_program#module:state_dir) of the runs that made them.
+    type: path
+    default: /var/lib/hypermesh-ebpf
   netns:
     description: Names of network namespaces (C(/run/netns/<name>)) whose interfaces to list as well.
     type: list
@@ -200,6 +205,8 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common.lock import LockTimeout
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.netlink import NetlinkError
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import inventory
 
 
@@ -207,6 +214,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             pin_root=dict(type="path", default=inventory.DEFAULT_PIN_ROOT),
+            state_dir=dict(type="path", default=inventory.DEFAULT_STATE_DIR),
             netns=dict(type="list", elements="str", default=[]),
             stats=dict(type="bool", default=False),
             stats_seconds=dict(type="float", default=0),
@@ -222,8 +230,9 @@ def main():
             module.fail_json(msg="network namespace %s does not exist (/run/netns/%s)" % (ns, ns))
     try:
         result = inventory.collect(p["pin_root"], p["netns"], p["stats"], p["stats_seconds"],
-                                   wait_for=p["wait_for_runs"], check_mode=module.check_mode)
-    except Exception as e:  # report, do not traceback: any kernel/netlink error here is the host's state
+                                   wait_for=p["wait_for_runs"], check_mode=module.check_mode,
+                                   state_dir=p["state_dir"])
+    except (OSError, NetlinkError, LockTimeout) as e:  # the host's state (errno from bpf(2)/netlink, a held lock)
         module.fail_json(msg="reading the host's BPF objects failed: %s" % e)
     module.exit_json(changed=False, **result)
 

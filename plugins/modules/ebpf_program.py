@@ -13,7 +13,7 @@ description:
     C(<pin_root>/<name>/), attaches it (XDP and tc through netlink; tcx, tracepoint, raw_tracepoint, kprobe,
     fentry/fexit, LSM and cgroup through pinned bpf links, so the attachment outlives the module).
   - The kernel is the source of truth. Only what the kernel cannot tell (the object's digest, the program name,
-    the attach point) is recorded in C(/var/lib/hypermesh-ebpf/programs/<name>.json).
+    the attach point) is recorded in C(<state_dir>/programs/<name>.json) (O(state_dir)).
   - A changed object or attach point replaces the program atomically where the kernel allows (XDP replace,
     tc filter replace, BPF_LINK_UPDATE for tcx and cgroup links).
   - Every feature is gated by the same probes as M(hypermesh.ebpf.ebpf_facts) before anything changes. A
@@ -100,6 +100,12 @@ options:
     description: bpffs directory under which programs are pinned. Must be on a mounted bpffs.
     type: path
     default: /sys/fs/bpf/hypermesh
+  state_dir:
+    description: Where the program's state record is kept (C(<state_dir>/programs/<name>.json)). A directory of
+      root's, writable by no one else; made when missing. Every module that works on the same programs
+      (M(hypermesh.ebpf.ebpf_state), M(hypermesh.ebpf.ebpf_info)) must be given the same one.
+    type: path
+    default: /var/lib/hypermesh-ebpf
   force:
     description: Take over an XDP or tc slot held by a program this collection did not attach for O(name).
     type: bool

@@ -227,6 +227,11 @@ options:
     description: bpffs directory under which the programs are pinned.
     type: path
     default: /sys/fs/bpf/hypermesh
+  state_dir:
+    description: Where the programs' state records are kept (C(<state_dir>/programs/<name>.json)), for every
+      program of O(programs); the boot-time re-apply unit is given the same one (C(--state-dir)).
+    type: path
+    default: /var/lib/hypermesh-ebpf
   prune:
     description: Remove the managed programs under O(pin_root) (those with a state record of this collection)
       that are not in O(programs). Directories without a record of ours are never touched.
@@ -346,7 +351,6 @@ pycache.use_host_copy("ebpf_state")  # the module_utils below: compiled once per
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import host_paths  # noqa: E402
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock  # noqa: E402
-from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state  # noqa: E402
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._state import state_engine  # noqa: E402
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._state import state_install  # noqa: E402
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._state.state_params import (  # noqa: E402
@@ -379,7 +383,7 @@ def _run(module):
     """Objects before the gate (it opens them), the transaction, then the re-apply code and unit (only after a
     commit: a refused or rolled-back run leaves them as they were)."""
     try:
-        inst = state_install.Install(module.params, state_dir=program_state.STATE_DIR)
+        inst = state_install.Install(module.params, state_dir=module.params["state_dir"])
         if inst.missing:
             return dict(changed=False, missing=inst.missing, msg=_missing_message(inst.missing))
         installed = {"objects": inst.objects(), "code": False, "unit": False}

@@ -73,7 +73,7 @@ def test_debian_file_names_initrd_cmdline_and_rootfs(cache):
                     initrd="initrd.img-6.1.0-47-cloud-amd64",
                     extra={"cmdline": "lsm=lockdown,capability,bpf\n  mitigations=off\n", "rootfs": "bookworm\n",
                            "System.map-6.1.0-47-cloud-amd64": "ignored"})
-    [k], _ = kernels.discover(env(cache))
+    [k], _refused = kernels.discover(env(cache))
     assert k["kernel"] == str(d / "vmlinuz-6.1.0-47-cloud-amd64")
     assert k["initrd"] == str(d / "initrd.img-6.1.0-47-cloud-amd64")
     assert k["cmdline"] == "lsm=lockdown,capability,bpf mitigations=off" and k["suite"] == "bookworm"
@@ -182,7 +182,7 @@ def test_a_module_passes_with_an_initrd_but_never_where_built_in_is_needed(cache
 
 def test_features_the_collection_will_refuse_are_named(cache):
     make_kernel(cache, text=full_config(CONFIG_DEBUG_INFO_BTF="y", CONFIG_NET_CLS_BPF="m"))
-    [k], _ = kernels.discover(env(cache))
+    [k], _refused = kernels.discover(env(cache))
     assert "CONFIG_DEBUG_INFO_BTF" not in k["absent"] and "CONFIG_NET_CLS_BPF" not in k["absent"]
     assert "CONFIG_BPF_LSM" in k["absent"]
 

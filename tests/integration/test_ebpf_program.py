@@ -9,7 +9,9 @@ test_refused_without_change asserts it is refused with the requirements message 
 here: CONFIG_KPROBES off; fentry/lsm where the probe says no). Traffic stays inside namespaces this test creates.
 """
 import os
+import shutil
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -222,12 +224,22 @@ def test_loaded_then_attached_then_loaded(pin_root, pair):
 
 def test_noop_decides_without_libbpf_and_a_change_still_loads_it(pin_root, pair):
     """A re-apply of an unchanged object decides from the record, the pins and one netlink query: with no
-    libbpf to be found (HYPERMESH_EBPF_LIBBPF names a library that does not exist) it still answers
-    'not changed'; a change in the same situation is refused clearly and leaves the program as it was."""
+    libbpf to be loaded it still answers 'not changed'; a change in the same situation is refused clearly and
+    leaves the program as it was. No libbpf, by the standard loader: the module's process runs with
+    LD_LIBRARY_PATH naming a directory where each soname libbpf.py tries (LIBBPF_NAMES) is an empty file, so
+    dlopen() takes that file first and fails ("file too short") before the host's libbpf."""
     name = "t-nolibbpf-%d" % os.getpid()
     args = {"name": name, "object": obj("xdp_counter"), "pin_root": pin_root,
             "attach": {"xdp": {"interface": pair.if_b, "netns": pair.ns_b, "mode": "generic"}}}
-    no_libbpf = {"HYPERMESH_EBPF_LIBBPF": "/nonexistent/libbpf.so.9"}
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libbpf
+    hide = tempfile.mkdtemp(prefix="hm-no-libbpf-")
+    for soname in libbpf.LIBBPF_NAMES:
+        open(os.path.join(hide, soname), "w").close()
+    probe = subprocess.run([sys.executable, "-c", "import ctypes, sys\nfor n in sys.argv[1:]:\n    try:\n"
+                            "        ctypes.CDLL(n)\n        sys.exit(1)\n    except OSError:\n        pass"]
+                           + list(libbpf.LIBBPF_NAMES), env=dict(os.environ, LD_LIBRARY_PATH=hide), check=False)
+    assert probe.returncode == 0, "the loader still found a libbpf past LD_LIBRARY_PATH"
+    no_libbpf = {"LD_LIBRARY_PATH": hide}
     r1 = run(args)
     assert r1["changed"] and netlink.xdp_query(pair.if_b, pair.ns_b)["prog_id"] == r1["prog_id"]
     r2 = run(args, env=no_libbpf)
@@ -235,6 +247,7 @@ def test_noop_decides_without_libbpf_and_a_change_still_loads_it(pin_root, pair)
     r3 = run(dict(args, attach={"xdp": {"interface": pair.if_b, "netns": pair.ns_b, "mode": "auto"}}),
              env=no_libbpf)
     assert r3["failed"] and "libbpf is not installed" in r3["msg"], r3
+    shutil.rmtree(hide)
     assert netlink.xdp_query(pair.if_b, pair.ns_b)["prog_id"] == r1["prog_id"]
     assert run({"name": name, "state": "absent", "pin_root": pin_root})["changed"]
     assert netlink.xdp_query(pair.if_b, pair.ns_b)["prog_id"] == 0

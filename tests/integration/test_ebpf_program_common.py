@@ -179,7 +179,8 @@ def forget(pin_root):
     """Fixture teardown: remove whatever a failed test left under pin_root, through the module (detaches XDP/tc
     from the recorded attach point, unpins, deletes the record), then the directory."""
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state
-    records = os.path.join(program_state.STATE_DIR, "programs")
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
+    records = os.path.join(layout.STATE_DIR, layout.RECORDS)
     for entry in sorted(os.listdir(records)) if os.path.isdir(records) else []:
         rec = program_state.read_record(entry[:-5]) if entry.endswith(".json") else None
         if rec and rec.get("pin_root") == pin_root:

@@ -52,8 +52,7 @@ def host(tmp_path_factory, pair):
     yield h
     for name in sorted(os.listdir(root)):
         if name not in ("othertool", "_shared"):
-            ansible_module("ebpf_program", {"name": name, "state": "absent", "pin_root": root},
-                           env={"HYPERMESH_EBPF_STATE_DIR": h["state"]})
+            ansible_module("ebpf_program", {"name": name, "state": "absent", "pin_root": root, "state_dir": h["state"]})
     subprocess.call(["rm", "-rf", root])
 
 
@@ -123,7 +122,7 @@ def test_info_at_the_bpffs_root_lists_only_directories_with_a_record_of_ours(hos
     foreign = "/sys/fs/bpf/hm-foreign-inputs-%d" % os.getpid()
     os.mkdir(foreign)
     try:
-        r = ansible_module("ebpf_info", {"pin_root": "/sys/fs/bpf"}, env={"HYPERMESH_EBPF_STATE_DIR": host["state"]})
+        r = ansible_module("ebpf_info", {"pin_root": "/sys/fs/bpf", "state_dir": host["state"]})
         assert not r.get("failed"), r
         assert r["managed_names"] == [], r["managed_names"]
     finally:
@@ -134,15 +133,15 @@ def test_info_at_the_bpffs_root_lists_only_directories_with_a_record_of_ours(hos
 @pytest.fixture(scope="module")
 def counter_prog(host):
     """A managed program with a map holding one entry, for the ebpf_map input tests."""
-    env = {"HYPERMESH_EBPF_STATE_DIR": host["state"]}
     r = ansible_module("ebpf_program", {"name": "inputs-blk", "object": os.path.join(OBJECTS, "xdp_blocklist.bpf.o"),
-                                        "pin_root": host["root"], "state": "loaded"}, env=env)
+                                        "pin_root": host["root"], "state": "loaded", "state_dir": host["state"]})
     assert not r.get("failed"), r
     r = ansible_module("ebpf_map", {"name": "inputs-blk", "map": "blocklist", "pin_root": host["root"],
-                                    "key_format": "ipv4", "entries": [{"key": "192.0.2.1"}]}, env=env)
+                                    "key_format": "ipv4", "entries": [{"key": "192.0.2.1"}]})
     assert not r.get("failed") and r["changed"], r
     yield os.path.join(host["root"], "inputs-blk", "maps", "blocklist")
-    ansible_module("ebpf_program", {"name": "inputs-blk", "state": "absent", "pin_root": host["root"]}, env=env)
+    ansible_module("ebpf_program", {"name": "inputs-blk", "state": "absent", "pin_root": host["root"],
+                                    "state_dir": host["state"]})
 
 
 def _dump(path):
@@ -168,8 +167,7 @@ def _src_file(host, kind):
 def test_map_src_that_cannot_be_trusted_is_refused(host, counter_prog, kind, needle):
     before = _dump(counter_prog)
     r = ansible_module("ebpf_map", {"name": "inputs-blk", "map": "blocklist", "pin_root": host["root"],
-                                    "key_format": "ipv4", "src": _src_file(host, kind)},
-                       env={"HYPERMESH_EBPF_STATE_DIR": host["state"]})
+                                    "key_format": "ipv4", "src": _src_file(host, kind)})
     assert r.get("failed") and needle in r["msg"], r
     assert _dump(counter_prog) == before
 
@@ -179,8 +177,7 @@ def test_map_src_that_cannot_be_trusted_is_refused(host, counter_prog, kind, nee
 def test_map_names_that_are_paths_are_refused(host, counter_prog, name, map_name):
     before = _dump(counter_prog)
     r = ansible_module("ebpf_map", {"name": name, "map": map_name, "pin_root": host["root"],
-                                    "entries": [{"key": "0x01000000"}]},
-                       env={"HYPERMESH_EBPF_STATE_DIR": host["state"]})
+                                    "entries": [{"key": "0x01000000"}]})
     assert r.get("failed") and "is not valid" in r["msg"], r
     assert _dump(counter_prog) == before
     assert _map_id(os.path.join(host["other"], "m")) == host["other_id"]
@@ -216,13 +213,12 @@ def test_object_names_that_cannot_be_pinned_safely_are_refused(host, tag, symbol
     path = _patched(host, built, ("hmt_" + symbol).encode(), new, tag)
     name = "inputs-" + tag
     p = host["pair"]
-    args = {"name": name, "object": path, "pin_root": host["root"],
+    args = {"name": name, "object": path, "pin_root": host["root"], "state_dir": host["state"],
             "attach": {"xdp": {"interface": p.if_b, "netns": p.ns_b, "mode": "generic"}}}
-    env = {"HYPERMESH_EBPF_STATE_DIR": host["state"]}
     before = kernel_ids()
     listing = sorted(os.listdir(host["root"]))
     for check in (True, False):
-        r = ansible_module("ebpf_program", args, check=check, env=env)
+        r = ansible_module("ebpf_program", args, check=check)
         assert r.get("failed") and needle in r["msg"] and "nothing changed" in r["msg"], r
         assert "Traceback" not in r.get("module_stderr", ""), r
     assert sorted(os.listdir(host["root"])) == listing

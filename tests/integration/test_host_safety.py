@@ -27,6 +27,7 @@ import pytest
 from tests.conftest import TOP, ansible_module, needs_root
 from test_ebpf_program_common import kernel_ids, kname, leaked, mounts, private_object
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state
 
@@ -74,12 +75,12 @@ class Host(object):
         self.ids = kernel_ids()
         self.pins = tree("/sys/fs/bpf")
         self.files = [tree(v) for v in victims]
-        self.records = tree(os.path.join(program_state.STATE_DIR, "programs"))
+        self.records = tree(os.path.join(layout.STATE_DIR, layout.RECORDS))
 
     def assert_unchanged(self):
         assert tree("/sys/fs/bpf") == self.pins
         assert [tree(v) for v in self.victims] == self.files
-        assert tree(os.path.join(program_state.STATE_DIR, "programs")) == self.records
+        assert tree(os.path.join(layout.STATE_DIR, layout.RECORDS)) == self.records
         assert leaked(self.ids, OURS, OUR_MAPS) == {"prog": set(), "map": set(), "link": set()}
 
 

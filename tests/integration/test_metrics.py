@@ -366,7 +366,7 @@ def test_the_role_installs_the_exporter_idempotently(tmp_path):
             assert rc == 0 and _recap(out)["changed"] > 0, out[-3000:]
             assert os.listdir(str(units)) == [] and not os.path.exists(prom)
         finally:
-            r = ansible_module("ebpf_program", {"name": "counter", "state": "absent", "pin_root": pin_root},
-                               env={"HYPERMESH_EBPF_STATE_DIR": d["state"]}) if os.path.isdir(pin_root) else None
+            r = ansible_module("ebpf_program", {"name": "counter", "state": "absent", "pin_root": pin_root,
+                                                "state_dir": d["state"]}) if os.path.isdir(pin_root) else None
             shutil.rmtree(pin_root, ignore_errors=True)
             assert r is None or not r.get("failed"), r

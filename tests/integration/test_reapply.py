@@ -57,8 +57,7 @@ def host(tmp_path_factory):
 
 
 def remove(h, name):
-    res = run({"name": name, "state": "absent", "pin_root": h["pin_root"]},
-              env={"HYPERMESH_EBPF_STATE_DIR": h["state"]})
+    res = run({"name": name, "state": "absent", "pin_root": h["pin_root"], "state_dir": h["state"]})
     assert not res.get("failed"), res
     return res
 
@@ -90,13 +89,13 @@ def write_desired(h, pair, late=False):
 
 
 def command(h, retry_seconds=0):
-    return [sys.executable, "-m", REAPPLY, "--desired", h["desired"], "--retry-seconds", str(retry_seconds)]
+    return [sys.executable, "-m", REAPPLY, "--desired", h["desired"], "--state-dir", h["state"],
+            "--retry-seconds", str(retry_seconds)]
 
 
 def env(h):
     # what the unit sets (PYTHONPATH: a collections directory holding the checkout)
-    return dict(os.environ, PYTHONPATH=COLLECTIONS, HYPERMESH_EBPF_STATE_DIR=h["state"],
-                PYTHONDONTWRITEBYTECODE="1", LANG="C")
+    return dict(os.environ, PYTHONPATH=COLLECTIONS, PYTHONDONTWRITEBYTECODE="1", LANG="C")
 
 
 def reapply(h, retry_seconds=0):

@@ -301,8 +301,7 @@ CLEANUP_PLAY = """
 - hosts: localhost
   gather_facts: false
   tasks:
-    - hypermesh.ebpf.ebpf_program: {name: "{{ n }}", state: absent, pin_root: "{{ r }}"}
-      environment: {HYPERMESH_EBPF_STATE_DIR: "{{ s }}"}
+    - hypermesh.ebpf.ebpf_program: {name: "{{ n }}", state: absent, pin_root: "{{ r }}", state_dir: "{{ s }}"}
 """
 
 

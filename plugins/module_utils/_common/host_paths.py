@@ -9,7 +9,7 @@ planted, redirected or be able to change them; and trees under the pin root remo
   (a sticky ancestor such as a 1777 bpffs mount is fine: nobody can rename or remove what is ours in it), none is
   a symbolic link, and path itself (when it exists) is ours and writable by no one else.
 - make_own_dir(path): mkdir 0700, or the existing one, which must be ours (a planted one is refused).
-- remove_bpf_tree(path): the whole tree checked first (through directory descriptors, O_NOFOLLOW: no symbolic
+- remove_bpf_tree(path, fs_type): the whole tree checked first (through directory descriptors, O_NOFOLLOW: no symbolic
   link, every entry ours, every directory on bpffs), then unlinked entry by entry relative to its directory.
 Every refusal is UnsafePath (an OSError: the modules report it as a failure with the host unchanged), whose
 message names the path and the problem. Importable without ansible.
@@ -19,7 +19,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import ctypes
 import errno
 import os
 import stat
@@ -122,15 +121,6 @@ def check_dir_chain(path):
     return True
 
 
-def fs_type(fd):
-    """f_type of the filesystem that holds open file `fd` (fstatfs), or None."""
-    libc = ctypes.CDLL(None, use_errno=True)  # the libc already loaded
-    buf = ctypes.create_string_buffer(256)
-    if libc.fstatfs(fd, buf) != 0:
-        return None
-    return ctypes.c_long.from_buffer(buf).value & 0xffffffff
-
-
 def _open_dir(name, dir_fd, shown):
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
@@ -140,12 +130,12 @@ def _open_dir(name, dir_fd, shown):
         raise
 
 
-def _check_bpffs(fd, shown):
+def _check_bpffs(fd, shown, fs_type):
     if fs_type(fd) != BPF_FS_MAGIC:
         raise UnsafePath(shown, "is not on a bpf filesystem")
 
 
-def _collect(fd, shown, ops, fds):
+def _collect(fd, shown, ops, fds, fs_type):
     """Check every entry below open directory `fd`; append (dir fd, name, is_dir) in removal order."""
     with os.scandir(fd) as it:
         entries = sorted(it, key=lambda e: e.name)
@@ -162,15 +152,16 @@ def _collect(fd, shown, ops, fds):
             fds.append(sub)
             if not os.path.samestat(os.fstat(sub), st):
                 raise UnsafePath(path, "changed while it was checked")
-            _check_bpffs(sub, path)
-            _collect(sub, path, ops, fds)
+            _check_bpffs(sub, path, fs_type)
+            _collect(sub, path, ops, fds, fs_type)
         ops.append((fd, entry.name, stat.S_ISDIR(st.st_mode)))
 
 
-def remove_bpf_tree(path, dry_run=False):
+def remove_bpf_tree(path, fs_type, dry_run=False):
     """Unpin everything below `path` on bpffs and remove its directories, `path` included; a missing `path` is
     nothing to do. Nothing is removed unless the whole tree passes the checks (see the module doc); `dry_run`:
-    only the checks."""
+    only the checks. `fs_type(fd)` answers the f_type of an open directory (the caller passes _kernel/libc's
+    statfs: this layer makes no kernel call of its own)."""
     path = os.path.normpath(path)
     parent, name = os.path.split(path)
     fds = [_open_dir(parent, None, parent)]
@@ -185,9 +176,9 @@ def remove_bpf_tree(path, dry_run=False):
         fds.append(top)
         if not os.path.samestat(os.fstat(top), st):
             raise UnsafePath(path, "changed while it was checked")
-        _check_bpffs(top, path)
+        _check_bpffs(top, path, fs_type)
         ops = []
-        _collect(top, path, ops, fds)
+        _collect(top, path, ops, fds, fs_type)
         ops.append((fds[0], name, True))
         for dir_fd, entry, is_dir in [] if dry_run else ops:
             try:

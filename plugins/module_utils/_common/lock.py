@@ -19,9 +19,10 @@ import stat
 import time
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import host_paths
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 
-LOCK_DIR = "/run/hypermesh-ebpf"
-LOCK_PATH = LOCK_DIR + "/lock"
+LOCK_DIR = layout.RUN_DIR
+LOCK_PATH = layout.LOCK_PATH
 REENTRANT = True
 _HOLDS = {}  # path -> how many HostLocks of this process hold it now
 

@@ -26,7 +26,9 @@ import shutil
 import sys
 import time
 
-CACHE_ROOT = "/var/cache/hypermesh-ebpf/pycache"
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
+
+CACHE_ROOT = layout.PYCACHE_ROOT
 PRUNE_AFTER = 86400     # seconds
 PACKAGE = __name__.rsplit(".", 2)[0]       # ansible_collections.hypermesh.ebpf.plugins.module_utils
 

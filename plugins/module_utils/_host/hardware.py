@@ -5,7 +5,8 @@
 
 Read from /proc and /sys under `root="/"` (unit tests pass a fixture tree). For network interfaces the readers
 also ask the kernel directly when root is "/": the ETHTOOL_GDRVINFO ioctl for the driver of virtual devices
-(veth, tun, bridge ...), and the netdev generic-netlink family (kernel 6.3+) for the XDP features a driver
+(veth, tun, bridge ...), and the netdev generic-netlink family (kernel 6.3+, through netlink.xdp_features and
+pyroute2; without pyroute2 the driver table decides, and xdp_source says why) for the XDP features a driver
 announces. Everything here only reads; nothing needs privileges.
 
 Importable without ansible.
@@ -21,6 +22,8 @@ import os
 import socket
 import struct
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
+
 # Drivers with native (driver-mode) XDP in mainline Linux: the ones implementing ndo_bpf XDP_SETUP_PROG.
 # Names as the kernel reports them (the /sys/class/net/X/device/driver link, or ethtool -i for virtual devices).
 # Used when the kernel does not announce xdp_features itself (before 6.3).
@@ -35,43 +38,12 @@ NATIVE_XDP_DRIVERS = frozenset([
 # Drivers that can run XDP programs on the NIC itself (offload mode).
 OFFLOAD_XDP_DRIVERS = frozenset(["nfp", "netdevsim"])
 
-# netdev generic netlink (include/uapi/linux/netdev.h)
-NETDEV_XDP_ACT = {
-    1: "basic", 2: "redirect", 4: "ndo_xmit", 8: "xsk_zerocopy", 16: "hw_offload", 32: "rx_sg", 64: "ndo_xmit_sg",
-}
-_NETLINK_GENERIC = 16
-_GENL_ID_CTRL = 0x10
-_CTRL_CMD_GETFAMILY = 3
-_CTRL_ATTR_FAMILY_ID = 1
-_CTRL_ATTR_FAMILY_NAME = 2
-_NETDEV_CMD_DEV_GET = 1
-_NETDEV_A_DEV_IFINDEX = 1
-_NETDEV_A_DEV_XDP_FEATURES = 3
-_NLM_F_REQUEST = 0x1
-_NLM_F_DUMP = 0x300
-_NLMSG_ERROR = 2
-_NLMSG_DONE = 3
-
 _SIOCETHTOOL = 0x8946
 _ETHTOOL_GDRVINFO = 3
 _DRVINFO_SIZE = 196  # struct ethtool_drvinfo
 
 
 # ---------------------------------------------------------------- CPUs and memory
-
-def cpu_count(cpu_list):
-    """Number of CPUs in a kernel CPU list such as "0-3,8,10-11" (0 for an empty list)."""
-    count = 0
-    for part in (cpu_list or "").strip().split(","):
-        if not part:
-            continue
-        if "-" in part:
-            low, high = part.split("-", 1)
-            count += int(high) - int(low) + 1
-        else:
-            count += 1
-    return count
-
 
 def cpus(root="/"):
     """{"online": "0-1", "online_count": 2, "possible": "0-1", "possible_count": 2, "model": ..., "arch": ...}."""
@@ -84,8 +56,8 @@ def cpus(root="/"):
             model = value.strip()
             break
     return {
-        "online": online, "online_count": cpu_count(online),
-        "possible": possible, "possible_count": cpu_count(possible),
+        "online": online, "online_count": bs.cpu_count(online),
+        "possible": possible, "possible_count": bs.cpu_count(possible),
         "model": model,
         "arch": os.uname()[4],
     }
@@ -141,84 +113,6 @@ def ethtool_driver(ifname):
     return driver or None
 
 
-def _nl_attrs(data):
-    """{type: payload} of a run of netlink attributes."""
-    attrs = {}
-    while len(data) >= 4:
-        length, kind = struct.unpack_from("HH", data)
-        if length < 4:
-            break
-        attrs[kind & 0x3fff] = data[4:length]
-        data = data[(length + 3) & ~3:]
-    return attrs
-
-
-def _genl_request(sock, family, cmd, flags, attrs=b"", seq=1):
-    """Send one generic netlink request, return the list of reply payloads (after the genl header)."""
-    body = struct.pack("BBH", cmd, 1, 0) + attrs
-    sock.send(struct.pack("IHHII", 16 + len(body), family, _NLM_F_REQUEST | flags, seq, 0) + body)
-    replies = []
-    while True:
-        data = sock.recv(65536)
-        offset = 0
-        while offset + 16 <= len(data):
-            length, kind, _flags, _seq, _pid = struct.unpack_from("IHHII", data, offset)
-            if length < 16:
-                return replies
-            payload = data[offset + 16:offset + length]
-            offset += (length + 3) & ~3
-            if kind == _NLMSG_DONE:
-                return replies
-            if kind == _NLMSG_ERROR:
-                err = -struct.unpack_from("i", payload)[0]
-                if err:
-                    raise OSError(err, "netlink: %s" % os.strerror(err))
-                return replies
-            replies.append(payload[4:])
-        if not flags & _NLM_F_DUMP:
-            return replies
-
-
-def xdp_features():
-    """{ifindex: [feature names]} from the netdev generic netlink family (kernel 6.3+).
-
-    Raises OSError when the family does not exist (older kernels) or netlink fails.
-    """
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_GENERIC)
-    try:
-        sock.settimeout(2.0)
-        sock.bind((0, 0))
-        name = b"netdev\0"
-        attr = struct.pack("HH", 4 + len(name), _CTRL_ATTR_FAMILY_NAME) + name
-        attr += b"\0" * (-len(attr) % 4)
-        try:
-            replies = _genl_request(sock, _GENL_ID_CTRL, _CTRL_CMD_GETFAMILY, 0, attr, seq=1)
-        except OSError as exc:
-            if exc.errno == 2:
-                raise OSError(2, "the kernel has no netdev generic netlink family (kernel < 6.3)")
-            raise
-        family = None
-        for reply in replies:
-            raw = _nl_attrs(reply).get(_CTRL_ATTR_FAMILY_ID)
-            if raw:
-                family = struct.unpack_from("H", raw)[0]
-        if family is None:
-            raise OSError(2, "no netdev generic netlink family")
-        result = {}
-        for reply in _genl_request(sock, family, _NETDEV_CMD_DEV_GET, _NLM_F_DUMP, seq=2):
-            attrs = _nl_attrs(reply)
-            if _NETDEV_A_DEV_IFINDEX not in attrs:
-                continue
-            ifindex = struct.unpack_from("I", attrs[_NETDEV_A_DEV_IFINDEX])[0]
-            bits = struct.unpack_from("Q", attrs.get(_NETDEV_A_DEV_XDP_FEATURES, b"\0" * 8))[0]
-            result[ifindex] = [name for bit, name in sorted(NETDEV_XDP_ACT.items()) if bits & bit]
-        return result
-    except socket.timeout:
-        raise OSError(110, "netdev generic netlink did not answer")
-    finally:
-        sock.close()
-
-
 def interface_driver(name, root="/"):
     """(driver, source) of interface `name`: sysfs device link, device uevent, ethtool, or uevent DEVTYPE."""
     base = "sys/class/net/%s" % name
@@ -263,9 +157,10 @@ def interfaces(root="/"):
     """
     announced, announced_error = None, ""
     if root == "/":
+        from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import netlink  # pyroute2: only here
         try:
-            announced = xdp_features()
-        except (OSError, socket.error) as exc:
+            announced = netlink.xdp_features()
+        except (OSError, netlink.NetlinkError) as exc:
             announced_error = getattr(exc, "strerror", None) or str(exc)
     result = {}
     for name in sorted(_listdir(_path(root, "sys/class/net"))):

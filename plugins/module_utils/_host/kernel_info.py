@@ -23,6 +23,7 @@ import re
 import resource
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import host_command
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc
 
 
 class KernelInfoError(ValueError):
@@ -223,12 +224,16 @@ def read_in_private_mount(fstype, mount_point, rel_file):
 # ---------------------------------------------------------------- capabilities, LSMs, memory accounting
 
 def capabilities(root="/"):
-    """The effective capabilities (CapEff of /proc/self/status): {"effective": hex, "cap_bpf": bool, ...}."""
+    """The effective capabilities (CapEff of /proc/self/status): {"effective": hex, "cap_bpf": bool, ...};
+    "effective" is None (and every capability False) when the line cannot be read."""
     text = _read(root, "proc/self/status") or ""
     value = None
     for line in text.splitlines():
         if line.startswith("CapEff:"):
-            value = int(line.split(":", 1)[1].strip(), 16)
+            try:
+                value = int(line.split(":", 1)[1].strip(), 16)
+            except ValueError:
+                value = None
     result = {"effective": None if value is None else "%016x" % value}
     for name, bit in CAPABILITIES.items():
         result[name] = bool(value is not None and value & (1 << bit))
@@ -240,13 +245,12 @@ def lsm_list_modules():
 
     Raises OSError (ENOSYS before 6.8).
     """
-    libc = ctypes.CDLL(None, use_errno=True)
     ids = (ctypes.c_uint64 * 64)()
     size = ctypes.c_uint32(ctypes.sizeof(ids))
-    count = libc.syscall(ctypes.c_long(NR_LSM_LIST_MODULES), ids, ctypes.byref(size), ctypes.c_uint32(0))
-    if count < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "lsm_list_modules: %s" % os.strerror(err))
+    try:
+        count = libc.syscall(NR_LSM_LIST_MODULES, ids, ctypes.byref(size), ctypes.c_uint32(0))
+    except OSError as exc:
+        raise OSError(exc.errno, "lsm_list_modules: %s" % exc.strerror)
     return [LSM_IDS.get(ids[i], "lsm%d" % ids[i]) for i in range(count)]
 
 

@@ -50,8 +50,6 @@ LSM_HOOK = "bpf_lsm_file_open"
 FENTRY_TARGETS = ("bpf_fentry_test1", "do_unlinkat", "vfs_read")
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 
-NO_PRIVILEGE = "needs CAP_BPF or CAP_SYS_ADMIN"
-
 
 class Unsupported(Exception):
     """A feature the caller needs is not supported on this host; str() is the refusal message."""
@@ -182,9 +180,6 @@ class _Host(object):
 _TINY = bpf.MOV64_IMM(0, 0) + bpf.EXIT()
 
 
-ENOTSUPP = 524  # the kernel-internal "operation not supported" bpf() returns
-
-
 def _missing_caps(host, extra):
     """Capabilities this process lacks for a bpf() call needing CAP_BPF plus `extra` (CAP_SYS_ADMIN covers all)."""
     caps = host.caps
@@ -212,7 +207,7 @@ def _explain(exc, what, host, extra=()):
             what, held, " (kernel lockdown mode: %s)" % lockdown if lockdown not in (None, "none") else "")
     if exc.errno == errno.ENOSYS:
         return "the kernel has no bpf() system call (CONFIG_BPF_SYSCALL is off)"
-    name = "ENOTSUPP" if exc.errno == ENOTSUPP else errno.errorcode.get(exc.errno, str(exc.errno))
+    name = "ENOTSUPP" if exc.errno == bpf.ENOTSUPP else errno.errorcode.get(exc.errno, str(exc.errno))
     text = "%s: %s" % (what, name)
     if exc.errno == errno.EINVAL:
         text += " (unknown to this kernel or rejected)"

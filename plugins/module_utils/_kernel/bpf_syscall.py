@@ -17,6 +17,8 @@ import errno as _errno
 import os
 import struct
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc
+
 # ---- commands ---------------------------------------------------------------------------------------------
 BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
@@ -36,13 +38,11 @@ BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
 BPF_RAW_TRACEPOINT_OPEN = 17
-BPF_BTF_LOAD = 18
 BPF_BTF_GET_FD_BY_ID = 19
 BPF_MAP_FREEZE = 22
 BPF_BTF_GET_NEXT_ID = 23
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_UPDATE_BATCH = 26
-BPF_MAP_DELETE_BATCH = 27
 BPF_LINK_CREATE = 28
 BPF_LINK_UPDATE = 29
 BPF_LINK_GET_FD_BY_ID = 30
@@ -61,23 +61,13 @@ PROG_TYPE_NAMES = {
     23: "cgroup_sysctl", 24: "raw_tracepoint_writable", 25: "cgroup_sockopt", 26: "tracing", 27: "struct_ops",
     28: "ext", 29: "lsm", 30: "sk_lookup", 31: "syscall", 32: "netfilter",
 }
-BPF_PROG_TYPE_SOCKET_FILTER = 1
 BPF_PROG_TYPE_KPROBE = 2
 BPF_PROG_TYPE_SCHED_CLS = 3
-BPF_PROG_TYPE_SCHED_ACT = 4
 BPF_PROG_TYPE_TRACEPOINT = 5
 BPF_PROG_TYPE_XDP = 6
-BPF_PROG_TYPE_PERF_EVENT = 7
 BPF_PROG_TYPE_CGROUP_SKB = 8
-BPF_PROG_TYPE_CGROUP_SOCK = 9
-BPF_PROG_TYPE_SOCK_OPS = 13
-BPF_PROG_TYPE_CGROUP_DEVICE = 15
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
-BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
-BPF_PROG_TYPE_CGROUP_SYSCTL = 23
-BPF_PROG_TYPE_CGROUP_SOCKOPT = 25
 BPF_PROG_TYPE_TRACING = 26
-BPF_PROG_TYPE_EXT = 28
 BPF_PROG_TYPE_LSM = 29
 
 # ---- map types --------------------------------------------------------------------------------------------
@@ -94,12 +84,7 @@ BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
-BPF_MAP_TYPE_LRU_HASH = 9
-BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
-BPF_MAP_TYPE_LPM_TRIE = 11
-BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE = 21
 BPF_MAP_TYPE_RINGBUF = 27
-PERCPU_MAP_TYPES = frozenset([5, 6, 10, 21])
 
 # ---- attach types -----------------------------------------------------------------------------------------
 ATTACH_TYPE_NAMES = {
@@ -127,10 +112,8 @@ BPF_CGROUP_INET6_BIND = 9
 BPF_CGROUP_INET4_CONNECT = 10
 BPF_CGROUP_INET6_CONNECT = 11
 BPF_CGROUP_SYSCTL = 18
-BPF_TRACE_RAW_TP = 23
 BPF_TRACE_FENTRY = 24
 BPF_TRACE_FEXIT = 25
-BPF_MODIFY_RETURN = 26
 BPF_LSM_MAC = 27
 BPF_XDP = 37
 BPF_PERF_EVENT = 41
@@ -153,19 +136,10 @@ BPF_LINK_TYPE_TCX = 11
 
 # ---- flags ------------------------------------------------------------------------------------------------
 BPF_ANY = 0
-BPF_NOEXIST = 1
-BPF_EXIST = 2
-BPF_F_NO_PREALLOC = 1
 BPF_F_RDONLY = 1 << 3
-BPF_F_WRONLY = 1 << 4
-BPF_F_RDONLY_PROG = 1 << 7
-BPF_F_ALLOW_OVERRIDE = 1 << 0
-BPF_F_ALLOW_MULTI = 1 << 1
 BPF_F_REPLACE = 1 << 2
-BPF_F_BEFORE = 1 << 3
-BPF_F_AFTER = 1 << 4
-BPF_F_LINK = 1 << 13
 BPF_STATS_RUN_TIME = 0
+ENOTSUPP = 524  # the kernel-internal "operation not supported" that bpf() lets through (no errno name)
 
 _KINDS = {
     "prog": (BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID),
@@ -192,17 +166,6 @@ class BpfError(OSError):
         return str(self.strerror)
 
 
-_libc = None
-
-
-def _syscall():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.syscall.restype = ctypes.c_long
-    return _libc
-
-
 def bpf(cmd, attr, size=None, detail=""):
     """Call bpf(cmd, attr, size). `attr` is a ctypes buffer. Returns the result (an fd for most commands)."""
     machine = os.uname().machine
@@ -211,10 +174,12 @@ def bpf(cmd, attr, size=None, detail=""):
         raise BpfError(_errno.ENOSYS, cmd, "no bpf() syscall number known for %s" % machine)
     if size is None:
         size = ctypes.sizeof(attr)
-    ret = _syscall().syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(size))
-    if ret < 0:
-        raise BpfError(ctypes.get_errno(), cmd, detail)
-    return ret
+    err = None
+    try:
+        return libc.syscall(nr, ctypes.c_int(cmd), attr, ctypes.c_uint(size))
+    except OSError as e:
+        err = e.errno
+    raise BpfError(err, cmd, detail)
 
 
 class _Attr(object):
@@ -341,23 +306,24 @@ def map_create(map_type, key_size, value_size, max_entries, map_flags=0, name=""
     return a.call(BPF_MAP_CREATE, name)
 
 
-def possible_cpus(path="/sys/devices/system/cpu/possible"):
-    """Number of possible CPUs (per-CPU map values carry one slot per possible CPU)."""
-    with open(path) as f:
-        text = f.read().strip()
+def cpu_count(cpu_list):
+    """Number of CPUs in a kernel CPU list such as "0-3,8,10-11" (0 for an empty list)."""
     count = 0
-    for part in text.split(","):
+    for part in (cpu_list or "").strip().split(","):
+        if not part:
+            continue
         if "-" in part:
-            lo, hi = part.split("-")
-            count += int(hi) - int(lo) + 1
-        elif part:
+            low, high = part.split("-", 1)
+            count += int(high) - int(low) + 1
+        else:
             count += 1
     return count
 
 
-def percpu_value_size(value_size, ncpus=None):
-    """Bytes the kernel reads/writes for one per-CPU map value: each CPU's slot rounded up to 8 bytes."""
-    return ((value_size + 7) // 8) * 8 * (ncpus or possible_cpus())
+def possible_cpus(path="/sys/devices/system/cpu/possible"):
+    """Number of possible CPUs (per-CPU map values carry one slot per possible CPU)."""
+    with open(path) as f:
+        return cpu_count(f.read())
 
 
 def _elem(cmd, fd, key, value=None, flags=0):
@@ -402,18 +368,19 @@ def map_next_key(fd, key, key_size):
     return out.raw if _elem_found(BPF_MAP_GET_NEXT_KEY, fd, key, out) else None
 
 
-def map_lookup_batch(fd, key_size, value_size, count, in_batch=None, batch_size=None):
-    """One BPF_MAP_LOOKUP_BATCH call. Returns (keys, values, out_batch, done).
+def map_lookup_batch(fd, key_size, value_size, count, in_batch=None):
+    """One BPF_MAP_LOOKUP_BATCH call of up to `count` entries. Returns (keys, values, got, out_batch, done):
+    the `got` keys back to back and their values back to back (bytes: one copy of each buffer, however many
+    entries), the token for the next call, and whether the kernel reached the end (ENOENT).
 
-    `in_batch` is the opaque token returned by the previous call (None for the first). For hash maps the token
-    is bucket-sized: pass batch_size=max(key_size, 4) (the kernel writes at most that many bytes).
-    """
-    bsize = batch_size or max(key_size, 4)
+    `in_batch` is the token returned by the previous call (None for the first); the kernel writes at most
+    max(key_size, 8) bytes of it (a hash map's bucket index, an array's next index)."""
+    token = max(key_size, 8)
     keys = ctypes.create_string_buffer(key_size * count)
     values = ctypes.create_string_buffer(value_size * count)
-    out_batch = ctypes.create_string_buffer(bsize)
+    out_batch = ctypes.create_string_buffer(token)
     a = _Attr()
-    a.ptr(0, in_batch)
+    a.ptr(0, None if in_batch is None else ctypes.create_string_buffer(in_batch, token))
     a.ptr(8, out_batch)
     a.ptr(16, keys)
     a.ptr(24, values)
@@ -429,10 +396,7 @@ def map_lookup_batch(fd, key_size, value_size, count, in_batch=None, batch_size=
             raise
         done = True
     got = a.get_u32(32)
-    kraw, vraw = keys.raw, values.raw  # each .raw is a copy of the whole buffer: take it once
-    ks = [kraw[i * key_size:(i + 1) * key_size] for i in range(got)]
-    vs = [vraw[i * value_size:(i + 1) * value_size] for i in range(got)]
-    return ks, vs, out_batch.raw, done
+    return keys.raw[:got * key_size], values.raw[:got * value_size], got, out_batch.raw, done
 
 
 def map_update_batch(fd, keys, values, flags=BPF_ANY):
@@ -616,25 +580,37 @@ def link_info(fd):
     return out
 
 
+# struct bpf_btf_info: btf, btf_size, id (4.18); name, name_len, kernel_btf (5.11). A kernel refuses (E2BIG) a
+# struct longer than its own whose extra bytes are not zero, so the 5.11 fields are asked for only where known.
+_BTF_INFO_BASE = 16
+_BTF_INFO_SIZE = 32
+
+
 def btf_info(fd):
+    """{"id", "size", "name", "kernel_btf"} of a BTF object; name "" and kernel_btf False before 5.11."""
     name = ctypes.create_string_buffer(64)
 
     def fill(buf):
         struct.pack_into("=Q", buf, 16, ctypes.addressof(name))
         struct.pack_into("=I", buf, 24, len(name))
-    raw = _info(fd, 32, fill)
+    try:
+        raw = _info(fd, _BTF_INFO_SIZE, fill)
+    except OSError as e:
+        if e.errno != _errno.E2BIG:
+            raise
+        raw = _info(fd, _BTF_INFO_BASE) + b"\0" * (_BTF_INFO_SIZE - _BTF_INFO_BASE)
     size, bid = struct.unpack_from("=II", raw, 8)
     return {"id": bid, "size": size, "name": _cstr(name.raw), "kernel_btf": bool(struct.unpack_from("=I", raw, 28)[0])}
 
 
 def btf_data(fd):
-    """The raw BTF blob (header, types, strings) of a loaded BTF object."""
-    size = btf_info(fd)["size"]
+    """The raw BTF blob (header, types, strings) of a loaded BTF object (the fields every kernel has)."""
+    size = struct.unpack_from("=I", _info(fd, _BTF_INFO_BASE), 8)[0]
     data = ctypes.create_string_buffer(size)
 
     def fill(buf):
         struct.pack_into("=QI", buf, 0, ctypes.addressof(data), size)
-    _info(fd, 32, fill)
+    _info(fd, _BTF_INFO_BASE, fill)
     return data.raw
 
 

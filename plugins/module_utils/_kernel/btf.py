@@ -27,41 +27,6 @@ class BtfError(ValueError):
     pass
 
 
-# Bytes that follow the 12-byte common header of each kind, as (fixed, per vlen item).
-_EXTRA = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8), 14: (4, 0), 15: (0, 12),
-          17: (4, 0), 19: (0, 12)}
-
-
-def quick_find(data, wanted):
-    """Ids of a few named types without building the whole table: `wanted` maps name -> kind; returns
-    name -> id (None when absent). Walking vmlinux this way is several times faster than Btf(data)."""
-    magic, _v, _f, hdr_len = struct.unpack_from("<HBBI", data, 0)
-    if magic != BTF_MAGIC:
-        raise BtfError("not BTF (magic 0x%x)" % magic)
-    type_off, type_len, str_off, str_len = struct.unpack_from("<4I", data, 8)
-    strings = data[hdr_len + str_off:hdr_len + str_off + str_len]
-    kind_ids = dict((v, k) for k, v in KINDS.items())
-    targets = {}
-    for name, kind in wanted.items():
-        at = strings.find(b"\0" + name.encode() + b"\0")
-        if at >= 0:
-            targets[at + 1] = (name, kind_ids[kind])
-    found = dict((name, None) for name in wanted)
-    pos, end, tid = hdr_len + type_off, hdr_len + type_off + type_len, 0
-    unpack = struct.unpack_from
-    while pos < end and targets:
-        name_off, info = unpack("<II", data, pos)
-        tid += 1
-        kind = (info >> 24) & 0x1f
-        hit = targets.get(name_off)
-        if hit is not None and hit[1] == kind:
-            found[hit[0]] = tid
-            del targets[name_off]
-        fixed, per = _EXTRA.get(kind, (0, 0))
-        pos += 12 + fixed + per * (info & 0xffff)
-    return found
-
-
 class Btf(object):
     """Parsed BTF. `types[0]` is void; ids of split BTF continue after its base's."""
 

@@ -24,6 +24,8 @@ import os
 import resource
 import threading
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc
+
 LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so.0", "libbpf.so")
 _LOG_BUF_SIZE = 1 << 20
 _TAIL_LINES = 40
@@ -58,7 +60,6 @@ class _MapDef(ctypes.Structure):
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 
 _lib = None
-_libc = None
 _lock = threading.Lock()
 _log = []
 _log_buf = None
@@ -67,13 +68,11 @@ _print_cb = None
 
 def _load():
     """Load libbpf once and declare the functions we use; raise LibbpfError when no libbpf is installed."""
-    global _lib, _libc, _log_buf, _print_cb
+    global _lib, _log_buf, _print_cb
     if _lib is not None:
         return _lib
     lib = None
-    names = LIBBPF_NAMES
-    if os.environ.get("HYPERMESH_EBPF_LIBBPF"):  # a specific libbpf (tests: libbpf 0.3 on a 1.x host)
-        names = (os.environ["HYPERMESH_EBPF_LIBBPF"],)
+    names = LIBBPF_NAMES  # by soname, through the dynamic loader (LD_LIBRARY_PATH and ld.so.cache)
     for name in names:
         try:
             lib = ctypes.CDLL(name, use_errno=True)
@@ -83,9 +82,6 @@ def _load():
     if lib is None:
         raise LibbpfError("libbpf is not installed on this host (looked for %s); install libbpf1 or libbpf0"
                           % ", ".join(names), errno_mod.ENOENT, "dlopen")
-    _libc = ctypes.CDLL(None, use_errno=True)  # the libc already loaded (find_library forks ldconfig)
-    _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
-    _libc.vsnprintf.restype = ctypes.c_int
 
     vp = ctypes.c_void_p
     sigs = {
@@ -135,7 +131,7 @@ def _load():
 def _on_print(level, fmt, va_list):
     """libbpf print callback: format the message with vsnprintf and keep it (never raises into C)."""
     try:
-        n = _libc.vsnprintf(_log_buf, _LOG_BUF_SIZE, fmt, va_list)
+        n = libc.vsnprintf(_log_buf, _LOG_BUF_SIZE, fmt, va_list)
         if n > 0:
             _log.append((level, _log_buf.value.decode("utf-8", "replace")))
     except Exception:  # pragma: no cover - a callback must not raise into C

@@ -4,7 +4,8 @@
 """XDP, tc (cls_bpf on clsact) and tcx attachment of BPF programs to network interfaces, netns aware.
 
 One job: attach, query and detach programs on interfaces, through rtnetlink (pyroute2) for XDP and tc, and
-through bpf(BPF_LINK_CREATE / BPF_PROG_QUERY) for tcx.
+through bpf(BPF_LINK_CREATE / BPF_PROG_QUERY) for tcx; and read the XDP features drivers announce (the netdev
+generic netlink family, kernel 6.3+, same messages and socket) for ebpf_facts.
 
 Works with pyroute2 0.5.14 (Debian 11), 0.7.2 (Debian 12) and 0.9.x. Those versions differ in how much of
 IFLA_XDP and TCA_OPTIONS(bpf) they parse (0.5.14 leaves IFLA_XDP as hex; none of them knows TCA_BPF_ID or
@@ -34,14 +35,13 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import contextlib
-import ctypes
 import errno
 import os
 import socket
 import struct
 import sys
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall, libc
 
 
 def _import_pyroute2_netlink():
@@ -83,7 +83,7 @@ def _import_pyroute2_netlink():
 
 try:
     _nl, _nlexc = _import_pyroute2_netlink()
-    nla, nlmsg = _nl.nla, _nl.nlmsg
+    nla, nlmsg, genlmsg = _nl.nla, _nl.nlmsg, _nl.genlmsg
     NLA_F_NESTED = _nl.NLA_F_NESTED
     _PyrouteNetlinkError = _nlexc.NetlinkError
     HAS_PYROUTE2 = True
@@ -91,7 +91,7 @@ try:
 except ImportError as exc:  # classes below still need a base to be defined
     HAS_PYROUTE2 = False
     PYROUTE2_IMPORT_ERROR = exc
-    nla = nlmsg = object
+    nla = nlmsg = genlmsg = object
     NLA_F_NESTED = 1 << 15
 
     class _PyrouteNetlinkError(Exception):
@@ -119,6 +119,13 @@ NLM_F_ACK_TLVS = 0x200  # in an ack: extended ack attributes follow
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NETLINK_ROUTE = 0
+NETLINK_GENERIC = 16
+GENL_ID_CTRL = 0x10     # include/uapi/linux/genetlink.h
+CTRL_CMD_GETFAMILY = 3
+NETDEV_CMD_DEV_GET = 1  # include/uapi/linux/netdev.h (kernel 6.3+)
+NETDEV_XDP_ACT = {
+    1: "basic", 2: "redirect", 4: "ndo_xmit", 8: "xsk_zerocopy", 16: "hw_offload", 32: "rx_sg", 64: "ndo_xmit_sg",
+}
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
@@ -142,7 +149,6 @@ ETH_P_ALL = 0x0003
 
 TCX_ATTACH_TYPES = {"ingress": bpf_syscall.BPF_TCX_INGRESS, "egress": bpf_syscall.BPF_TCX_EGRESS}
 
-CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
 
 
@@ -215,6 +221,18 @@ class _AckMsg(nlmsg):
     nla_map = ((1, "NLMSGERR_ATTR_MSG", "asciiz"),)
 
 
+class _CtrlMsg(genlmsg):
+    """The generic netlink controller's family message (the two attributes we use)."""
+    nla_map = ((1, "CTRL_ATTR_FAMILY_ID", "uint16"),
+               (2, "CTRL_ATTR_FAMILY_NAME", "asciiz"))
+
+
+class _NetdevMsg(genlmsg):
+    """The netdev family's device message (NETDEV_CMD_DEV_GET)."""
+    nla_map = ((1, "NETDEV_A_DEV_IFINDEX", "uint32"),
+               (3, "NETDEV_A_DEV_XDP_FEATURES", "uint64"))
+
+
 def _redecode(msg, cls):
     """Decode one received message (raw buffer, offset, length) with our class."""
     raw = bytes(msg.data[msg.offset:msg.offset + msg.length])
@@ -231,14 +249,16 @@ class _Reply(object):
 
 
 class _Rtnl(object):
-    """A NETLINK_ROUTE socket in the network namespace of the calling thread; one request at a time.
+    """A netlink socket (NETLINK_ROUTE unless told) in the network namespace of the calling thread; one request
+    at a time.
 
     nlm_request() sends a message our pyroute2 classes encode and returns the kernel's answers (for the
     caller to decode with the same classes); a refusal raises pyroute2's NetlinkError with the errno and the
     kernel's extended ack text."""
 
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    def __init__(self, protocol=NETLINK_ROUTE, timeout=None):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+        self.sock.settimeout(timeout)
         for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
             try:
                 self.sock.setsockopt(SOL_NETLINK, opt, 1)
@@ -296,18 +316,6 @@ class _Rtnl(object):
 
 
 # ---- network namespaces -------------------------------------------------------------------------------------
-_libc = None
-
-
-def _setns(fd):
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 def netns_path(netns):
     """/run/netns/NAME for a name, the path itself for an absolute path (e.g. /proc/PID/ns/net)."""
     if not netns or not isinstance(netns, str):
@@ -341,26 +349,30 @@ def in_netns(netns):
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             try:
-                _setns(target)
+                libc.setns(target)
             except OSError as exc:
                 raise NetlinkError("cannot enter network namespace %s (%s): %s"
                                    % (netns, path, exc.strerror), exc.errno)
             try:
                 yield
             finally:
-                _setns(home)
+                libc.setns(home)
         finally:
             os.close(home)
     finally:
         os.close(target)
 
 
-@contextlib.contextmanager
-def _rtnl(netns):
-    """A NETLINK_ROUTE socket (_Rtnl) in `netns`, with the calling thread inside it for the whole body."""
+def _need_pyroute2():
     if not HAS_PYROUTE2:
         raise NetlinkError("the Python library pyroute2 is required on the managed host (python3-pyroute2): %s"
                            % PYROUTE2_IMPORT_ERROR)
+
+
+@contextlib.contextmanager
+def _rtnl(netns):
+    """A NETLINK_ROUTE socket (_Rtnl) in `netns`, with the calling thread inside it for the whole body."""
+    _need_pyroute2()
     with in_netns(netns):
         rtnl = _Rtnl()
         try:
@@ -369,9 +381,14 @@ def _rtnl(netns):
             rtnl.close()
 
 
+def _errno_of(exc):
+    """The errno of a pyroute2 NetlinkError (`.code`, or its first argument), or None."""
+    return getattr(exc, "code", None) or (exc.args[0] if exc.args and isinstance(exc.args[0], int) else None)
+
+
 def _kernel_error(exc, what):
     """NetlinkError from a pyroute2 NetlinkError, with the kernel's extended ack message when there is one."""
-    code = getattr(exc, "code", None) or (exc.args[0] if exc.args and isinstance(exc.args[0], int) else None)
+    code = _errno_of(exc)
     text = os.strerror(code) if code else str(exc)
     extack = exc.args[1] if len(exc.args) > 1 and exc.args[1] else None
     if extack and extack != text:
@@ -545,16 +562,6 @@ def xdp_attach(ifname, prog_fd, mode="auto", netns=None, replace_prog_id=None):
             raise _explain_xdp_refusal(ipr, index, ifname, netns, exc)
 
 
-def xdp_link_attach(ifname, prog_fd, mode="auto", netns=None):
-    """Attach XDP program `prog_fd` to `ifname` through a bpf link (kernel 5.9+); returns the link fd.
-    The program stays attached while the fd is open or the link is pinned, and netlink cannot replace it."""
-    if mode not in XDP_MODE_FLAGS:
-        raise NetlinkError("invalid XDP mode %r: must be one of auto, native, generic, offload" % (mode,))
-    with in_netns(netns):
-        index = _ifindex_here(ifname, netns)
-        return bpf_syscall.link_create(prog_fd, index, bpf_syscall.BPF_XDP, flags=XDP_MODE_FLAGS[mode])
-
-
 def xdp_detach(ifname, netns=None, expected_prog_id=None, mode=None):
     """Detach the XDP program of `ifname`. Returns True when one was detached, False when none was attached.
 
@@ -583,6 +590,58 @@ def xdp_detach(ifname, netns=None, expected_prog_id=None, mode=None):
         except NetlinkError as exc:
             raise _explain_xdp_refusal(ipr, index, ifname, netns, exc)
         return True
+
+
+# ---- XDP features the drivers announce (netdev generic netlink, kernel 6.3+) --------------------------------
+def _genl_msg(cls, cmd, attrs=()):
+    msg = cls()
+    msg["cmd"], msg["version"] = cmd, 1
+    msg["attrs"] = list(attrs)
+    return msg
+
+
+def _genl(sock, msg, family, flags):
+    """One generic netlink request; the kernel's refusal as OSError (errno, "netlink: <reason>")."""
+    try:
+        return sock.nlm_request(msg, family, flags)
+    except _PyrouteNetlinkError as exc:
+        code = _errno_of(exc) or errno.EIO
+        raise OSError(code, "netlink: %s" % os.strerror(code))
+
+
+def xdp_features():
+    """{ifindex: [feature names]} of the interfaces of the calling thread's network namespace, from the netdev
+    generic netlink family. Only reads. Raises OSError when the family does not exist (kernel < 6.3) or netlink
+    fails, NetlinkError without pyroute2."""
+    _need_pyroute2()
+    sock = _Rtnl(NETLINK_GENERIC, timeout=2.0)
+    try:
+        ask = _genl_msg(_CtrlMsg, CTRL_CMD_GETFAMILY, [("CTRL_ATTR_FAMILY_NAME", "netdev")])
+        try:
+            replies = _genl(sock, ask, GENL_ID_CTRL, NLM_F_REQUEST)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise OSError(exc.errno, "the kernel has no netdev generic netlink family (kernel < 6.3)")
+            raise
+        family = None
+        for reply in replies:
+            family = _redecode(reply, _CtrlMsg).get_attr("CTRL_ATTR_FAMILY_ID") or family
+        if family is None:
+            raise OSError(errno.ENOENT, "no netdev generic netlink family")
+        dump = _genl_msg(_NetdevMsg, NETDEV_CMD_DEV_GET)
+        result = {}
+        for reply in _genl(sock, dump, family, NLM_F_REQUEST | NLM_F_DUMP):
+            dev = _redecode(reply, _NetdevMsg)
+            ifindex = dev.get_attr("NETDEV_A_DEV_IFINDEX")
+            if ifindex is None:
+                continue
+            bits = dev.get_attr("NETDEV_A_DEV_XDP_FEATURES") or 0
+            result[ifindex] = [name for bit, name in sorted(NETDEV_XDP_ACT.items()) if bits & bit]
+        return result
+    except socket.timeout:
+        raise OSError(errno.ETIMEDOUT, "netdev generic netlink did not answer")
+    finally:
+        sock.close()
 
 
 # ---- tc: cls_bpf in direct-action mode on the clsact qdisc --------------------------------------------------

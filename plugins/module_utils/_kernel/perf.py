@@ -13,6 +13,8 @@ import os
 import platform
 import struct
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc
+
 _NR = {"x86_64": 298, "aarch64": 241, "armv7l": 364, "ppc64le": 319, "s390x": 331, "riscv64": 241}
 PERF_TYPE_TRACEPOINT = 2
 PERF_FLAG_FD_CLOEXEC = 1 << 3
@@ -54,15 +56,14 @@ def _perf_event_open(attr):
     nr = _NR.get(platform.machine())
     if nr is None:
         raise PerfError(errno_mod.ENOSYS, "no perf_event_open syscall number known for %s" % platform.machine())
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
     buf = ctypes.create_string_buffer(attr, len(attr))
-    fd = libc.syscall(ctypes.c_long(nr), buf, ctypes.c_int(-1), ctypes.c_int(0), ctypes.c_int(-1),
-                      ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise PerfError(err, "perf_event_open failed: %s" % os.strerror(err))
-    return fd
+    err = None
+    try:
+        return libc.syscall(nr, buf, ctypes.c_int(-1), ctypes.c_int(0), ctypes.c_int(-1),
+                            ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
+    except OSError as exc:
+        err = exc.errno
+    raise PerfError(err, "perf_event_open failed: %s" % os.strerror(err))
 
 
 def _attr(ptype, config, config1=0, config2=0):

@@ -48,6 +48,7 @@ import stat
 import sys
 import time
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import atomic_file
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import host_paths
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_codec
@@ -55,7 +56,7 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import pinned
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state
 
 DEFAULT_OUT_NAME = "hypermesh_ebpf.prom"
-DEFAULT_PIN_ROOT = "/sys/fs/bpf/hypermesh"
+DEFAULT_PIN_ROOT = layout.PIN_ROOT
 DEFAULT_MAX_ENTRIES = 1024
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -197,7 +198,7 @@ def read_program(pin_root, name, key_formats=None, max_entries=DEFAULT_MAX_ENTRI
         item = {"name": map_name}
         fmt = (key_formats or {}).get("%s/%s" % (name, map_name), "auto")
         try:
-            item.update(read_map(os.path.join(live.dir, "maps", map_name), fmt, max_entries))
+            item.update(read_map(os.path.join(live.dir, layout.PIN_MAPS, map_name), fmt, max_entries))
         except Exception as e:  # one odd map must not hide the others (MapError, CodecError, OSError)
             item["error"] = "%s: %s" % (type(e).__name__, e)
         record["maps"].append(item)
@@ -281,7 +282,7 @@ def _parser():
                                                 "--collector.textfile.directory)")
     p.add_argument("--name", default=DEFAULT_OUT_NAME, help="file name in it (default %(default)s)")
     p.add_argument("--pin-root", default=DEFAULT_PIN_ROOT, help="bpffs directory of the programs (%(default)s)")
-    p.add_argument("--state-dir", default=None, help="state records' directory (default: the modules' default)")
+    p.add_argument("--state-dir", default=layout.STATE_DIR, help="state records' directory (%(default)s)")
     p.add_argument("--host", default=None, help="value of the host label (default: this host's name)")
     p.add_argument("--key-format", action="append", default=[], metavar="PROGRAM/MAP=FORMAT",
                    help="label the keys of one map in this format (e.g. blocklist/blocklist=ipv4)")

@@ -22,18 +22,16 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import ctypes
 import errno
 import os
 import struct
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_codec
 
-DEFAULT_PIN_ROOT = "/sys/fs/bpf/hypermesh"
-ENOTSUPP = 524  # kernel-internal "not supported" that bpf() lets through
+DEFAULT_PIN_ROOT = layout.PIN_ROOT
 BATCH_BYTES = 32 * 1024 * 1024  # at most this much key+value buffer per BPF_MAP_LOOKUP_BATCH
-F_RDONLY = getattr(bs, "BPF_F_RDONLY", 1 << 3)
 ARRAY_TYPES = ("array", "percpu_array", "prog_array", "perf_event_array", "cgroup_array", "array_of_maps")
 
 
@@ -59,15 +57,15 @@ def map_path(path=None, name=None, map_name=None, pin_root=DEFAULT_PIN_ROOT):
         if not _is_pin_name(value):
             raise MapError("%s %r is not valid: a name of printable ASCII without '/', and not '.' or '..'"
                            % (option, value))
-    own = os.path.join(pin_root, name, "maps", map_name)
-    shared = os.path.join(pin_root, "_shared", map_name)
+    own = os.path.join(pin_root, name, layout.PIN_MAPS, map_name)
+    shared = os.path.join(pin_root, layout.SHARED, map_name)
     if os.path.exists(own):
         return own
     if os.path.exists(shared):
         return shared
     if not os.path.isdir(os.path.join(pin_root, name)):
         raise MapError("no program named %s is managed under %s (no pinned map at %s)" % (name, pin_root, own))
-    maps_dir = os.path.join(pin_root, name, "maps")
+    maps_dir = os.path.join(pin_root, name, layout.PIN_MAPS)
     have = sorted(os.listdir(maps_dir)) if os.path.isdir(maps_dir) else []
     raise MapError("program %s has no map %s (no pinned map at %s); its maps: %s"
                    % (name, map_name, own, ", ".join(have) or "none"))
@@ -85,31 +83,6 @@ def _fdinfo(fd):
     return out
 
 
-def _lookup_batch(fd, key_size, value_size, count, in_batch):
-    """BPF_MAP_LOOKUP_BATCH, returning (keys bytes, values bytes, count, out_batch, done).
-
-    Private stand-in for bpf_syscall.map_lookup_batch, which slices `buffer.raw` once per entry (each `.raw`
-    copies the whole buffer: quadratic, 3 s for 65,536 entries); same attr layout, one copy per call."""
-    keys = ctypes.create_string_buffer(key_size * count)
-    values = ctypes.create_string_buffer(value_size * count)
-    token = max(key_size, 8)
-    out_batch = ctypes.create_string_buffer(token)
-    in_buf = ctypes.create_string_buffer(in_batch, token) if in_batch is not None else None
-    attr = ctypes.create_string_buffer(56)
-    struct.pack_into("=QQQQIIQQ", attr, 0, ctypes.addressof(in_buf) if in_buf is not None else 0,
-                     ctypes.addressof(out_batch), ctypes.addressof(keys), ctypes.addressof(values),
-                     count, fd, 0, 0)
-    done = False
-    try:
-        bs.bpf(bs.BPF_MAP_LOOKUP_BATCH, attr, 56)
-    except bs.BpfError as e:
-        if e.errno != errno.ENOENT:
-            raise
-        done = True
-    got = struct.unpack_from("=I", attr, 32)[0]
-    return keys.raw[:got * key_size], values.raw[:got * value_size], got, out_batch.raw, done
-
-
 class PinnedMap(object):
 
     def __init__(self, path, write=False):
@@ -117,7 +90,7 @@ class PinnedMap(object):
         if not os.path.exists(path):
             raise MapError("no pinned map at %s" % path)
         try:
-            self.fd = bs.obj_get(path, 0 if write else F_RDONLY)
+            self.fd = bs.obj_get(path, 0 if write else bs.BPF_F_RDONLY)
         except OSError as e:
             raise MapError("cannot open the pinned object %s: %s" % (path, os.strerror(e.errno or 0)))
         fdinfo = _fdinfo(self.fd)
@@ -137,7 +110,7 @@ class PinnedMap(object):
         else:
             self.buf_size = self.value_size
         self.is_array = self.type_name in ARRAY_TYPES
-        self.read_only = self.frozen or bool(self.info.get("map_flags", 0) & F_RDONLY)
+        self.read_only = self.frozen or bool(self.info.get("map_flags", 0) & bs.BPF_F_RDONLY)
         self.btf = None
         if self.info.get("btf_id"):
             self.btf = self._load_btf(self.info["btf_id"])
@@ -152,7 +125,9 @@ class PinnedMap(object):
             return None
         try:
             return btfmod.Btf(bs.btf_data(fd))
-        except Exception:  # a BTF blob we cannot parse: fall back to raw bytes rather than fail the read
+        except OSError:  # the kernel would not hand the blob over: no BTF, raw bytes
+            return None
+        except (btfmod.BtfError, struct.error):  # a blob the reader does not know (a newer kind, cut short): raw bytes
             return None
         finally:
             bs.close(fd)
@@ -222,7 +197,7 @@ class PinnedMap(object):
             self.read_method = "batch"
             return columns
         except bs.BpfError as e:
-            if e.errno not in (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPERM):
+            if e.errno not in (errno.EINVAL, bs.ENOTSUPP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPERM):
                 raise
         self.read_method = "next_key"
         items = self._read_next_key()
@@ -234,7 +209,7 @@ class PinnedMap(object):
         in_batch = None
         while True:
             try:
-                kblob, vblob, got, out_batch, done = _lookup_batch(
+                kblob, vblob, got, out_batch, done = bs.map_lookup_batch(
                     self.fd, self.key_size, self.buf_size, count, in_batch)
             except bs.BpfError as e:
                 if e.errno == errno.ENOSPC and count < self.max_entries * 2:
@@ -300,12 +275,12 @@ class PinnedMap(object):
     def _update_many(self, updates):
         if not updates:
             return
-        if len(updates) > 1 and hasattr(bs, "map_update_batch"):
+        if len(updates) > 1:
             try:
                 bs.map_update_batch(self.fd, [k for k, _v in updates], [v for _k, v in updates], bs.BPF_ANY)
                 return
             except bs.BpfError as e:
-                if e.errno not in (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP):
+                if e.errno not in (errno.EINVAL, bs.ENOTSUPP, errno.EOPNOTSUPP):
                     raise
                 # no batch ops on this kernel/map type: one by one below (rollback covers a partial batch)
         for key, value in updates:

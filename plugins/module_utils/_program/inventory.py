@@ -27,10 +27,12 @@ import socket
 import time
 from contextlib import contextmanager
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 
-DEFAULT_PIN_ROOT = "/sys/fs/bpf/hypermesh"
-SHARED = "_shared"
+DEFAULT_PIN_ROOT = layout.PIN_ROOT
+SHARED = layout.SHARED
+DEFAULT_STATE_DIR = layout.STATE_DIR
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 STATS_MARKER = None  # None: bpf_stats_enabled.ours next to the host lock (a test points it elsewhere)
 _INFO = {"prog": bs.prog_info, "map": bs.map_info, "link": bs.link_info}
@@ -216,7 +218,7 @@ def _open_managed_progs(names, pin_root):
     fds = {}
     for name in names:
         try:
-            fds[name] = bs.obj_get(os.path.join(pin_root, name, "prog"))
+            fds[name] = bs.obj_get(os.path.join(pin_root, name, layout.PIN_PROG))
         except OSError:
             pass
     return fds
@@ -276,12 +278,13 @@ def interfaces(netns=None):
     return out
 
 
-def collect(pin_root=DEFAULT_PIN_ROOT, netns=None, stats=False, stats_seconds=0, wait_for=None, check_mode=False):
+def collect(pin_root=DEFAULT_PIN_ROOT, netns=None, stats=False, stats_seconds=0, wait_for=None, check_mode=False,
+            state_dir=DEFAULT_STATE_DIR):
     """Everything ebpf_info returns. netns: list of namespace names (the current one is always included).
     wait_for: managed program names to wait for (stats on, at most stats_seconds), see wait_for_runs.
-    Managed means: a directory under pin_root with a state record of ours (program_state.managed_names)."""
+    Managed means: a directory under pin_root with a state record of ours in state_dir (program_state.managed_names)."""
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state
-    names = program_state.managed_names(pin_root)
+    names = program_state.managed_names(pin_root, state_dir)
     index = managed_index(pin_root, names)
     result = {}
     if wait_for:

@@ -6,11 +6,10 @@ One job: the per-kind kernel calls. XDP and tc go through netlink (netlink.py); 
 raw_tracepoint and perf (tracepoint/kprobe) attachments are bpf links that the caller pins, so they outlive
 the process. A spec is the dict from program_spec.normalize(). Importable without ansible.
 """
-import ctypes
 import errno
 import os
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs, libc
 
 NETLINK_KINDS = ("xdp", "tc")
 LINK_KINDS = ("tcx", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry", "fexit", "lsm", "cgroup")
@@ -51,14 +50,6 @@ def _tcx_attach_type(spec):
     return bs.BPF_TCX_INGRESS if spec["direction"] == "ingress" else bs.BPF_TCX_EGRESS
 
 
-def _is_cgroup2(path):
-    libc = ctypes.CDLL(None, use_errno=True)  # the libc already loaded (find_library forks ldconfig)
-    buf = ctypes.create_string_buffer(256)
-    if libc.statfs(path.encode(), buf) != 0:
-        return False
-    return (ctypes.c_long.from_buffer(buf).value & 0xffffffff) == CGROUP2_SUPER_MAGIC
-
-
 def describe(spec):
     """A short human form of an attach spec for messages and diffs."""
     if not spec:
@@ -86,7 +77,7 @@ def check_target(spec):
         from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import perf
         perf.tracepoint_id(spec["target"])
     elif kind == "cgroup":
-        if not os.path.isdir(spec["path"]) or not _is_cgroup2(spec["path"]):
+        if not os.path.isdir(spec["path"]) or libc.statfs(spec["path"]) != CGROUP2_SUPER_MAGIC:
             raise AttachError("attach.cgroup.path %s is not a cgroup v2 directory" % spec["path"])
 
 

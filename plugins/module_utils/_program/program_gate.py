@@ -15,8 +15,9 @@ import json
 import os
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import atomic_file
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 
-MEMO_PATH = os.environ.get("HYPERMESH_EBPF_FEATURES_MEMO", "/run/hypermesh-ebpf/features.json")
+MEMO_PATH = layout.FEATURES_MEMO
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 

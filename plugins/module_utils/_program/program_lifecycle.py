@@ -25,6 +25,7 @@ Importable without ansible.
 import errno
 import os
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_attach as pa
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state as ps
@@ -61,7 +62,7 @@ class Program(object):
         self.pin_root = pin_root
         self.state_dir = state_dir
         self.dir = os.path.join(pin_root, name)
-        self.shared_dir = os.path.join(pin_root, "_shared")
+        self.shared_dir = os.path.join(pin_root, layout.SHARED)
         ps.check_dirs(pin_root, name)  # before anything under it is read: no link, nothing another user can write
         self.record = ps.read_record(name, state_dir)
         self.live = ps.Live(pin_root, name)
@@ -147,7 +148,7 @@ class Program(object):
 
             prog_fd = libbpf_object.program_fd(want["program"])
             new_id = bs.prog_info(prog_fd)["id"]
-            bs.obj_pin(prog_fd, os.path.join(stage, "prog"))
+            bs.obj_pin(prog_fd, os.path.join(stage, layout.PIN_PROG))
             maps, shared = self._pin_maps(libbpf_object, stage)
 
             link_new = False
@@ -197,10 +198,10 @@ class Program(object):
             if m["pinned"]:
                 shared.append(m["pin_path"])
                 continue
-            if not os.path.isdir(os.path.join(stage, "maps")):
-                os.mkdir(os.path.join(stage, "maps"), 0o700)
+            if not os.path.isdir(os.path.join(stage, layout.PIN_MAPS)):
+                os.mkdir(os.path.join(stage, layout.PIN_MAPS), 0o700)
             pin_name = _pin_name(m["name"])
-            bs.obj_pin(m["fd"], os.path.join(stage, "maps", pin_name))
+            bs.obj_pin(m["fd"], os.path.join(stage, layout.PIN_MAPS, pin_name))
             maps[pin_name] = bs.map_info(m["fd"])["id"]
         return maps, shared
 
@@ -208,7 +209,8 @@ class Program(object):
         """Where a map of ours may be pinned, in order: <name>/maps/, then leftover stages, newest first (a run
         killed between attach and swap left the maps its program used there)."""
         stages = sorted(self.live.stages, key=_mtime, reverse=True)
-        paths = [os.path.join(self.dir, "maps", pin_name)] + [os.path.join(s, "maps", pin_name) for s in stages]
+        paths = ([os.path.join(self.dir, layout.PIN_MAPS, pin_name)]
+                 + [os.path.join(s, layout.PIN_MAPS, pin_name) for s in stages])
         return [p for p in paths if os.path.exists(p)]
 
     def _compatible_map(self, d):
@@ -263,7 +265,7 @@ class Program(object):
             return False
         old_spec = (self.record or {}).get("attach")
         if self.live.link and self.live.prog_id and pa.can_update_link(old_spec, spec, self.live.link):
-            link_fd = bs.obj_get(os.path.join(self.dir, "link"))
+            link_fd = bs.obj_get(os.path.join(self.dir, layout.PIN_LINK))
             old_fd = bs.get_fd_by_id("prog", self.live.link["prog_id"])
             try:
                 bs.link_update(link_fd, prog_fd, old_fd)
@@ -282,7 +284,7 @@ class Program(object):
             return False
         link_fd = pa.create_link(spec, prog_fd)
         try:
-            bs.obj_pin(link_fd, os.path.join(stage, "link"))
+            bs.obj_pin(link_fd, os.path.join(stage, layout.PIN_LINK))
         finally:
             bs.close(link_fd)
         return True
@@ -297,11 +299,11 @@ class Program(object):
     def _swap(self, want, spec, stage, link_new, new_id):
         """Rename the stage's pins into place, one rename over each old pin (atomic on bpffs: no moment without a
         pinned map, so a kill here loses no contents), then drop what the new state no longer has."""
-        os.rename(os.path.join(stage, "prog"), os.path.join(self.dir, "prog"))
-        self._swap_maps(os.path.join(stage, "maps"))
-        link = os.path.join(self.dir, "link")
+        os.rename(os.path.join(stage, layout.PIN_PROG), os.path.join(self.dir, layout.PIN_PROG))
+        self._swap_maps(os.path.join(stage, layout.PIN_MAPS))
+        link = os.path.join(self.dir, layout.PIN_LINK)
         if link_new:
-            os.rename(os.path.join(stage, "link"), link)
+            os.rename(os.path.join(stage, layout.PIN_LINK), link)
         elif want["state"] != "attached" or spec["type"] in pa.NETLINK_KINDS:
             _unlink(link)
         owned = set(self.live.owned_prog_ids) | set([new_id])
@@ -313,7 +315,7 @@ class Program(object):
 
     def _swap_maps(self, staged):
         """<stage>/maps/* renamed over <name>/maps/*; then the old maps the new object does not have unpinned."""
-        mdir = os.path.join(self.dir, "maps")
+        mdir = os.path.join(self.dir, layout.PIN_MAPS)
         new = sorted(os.listdir(staged)) if os.path.isdir(staged) else []
         if new and not os.path.isdir(mdir):
             os.mkdir(mdir, 0o700)
@@ -354,7 +356,7 @@ class Program(object):
             for spec in specs:
                 if spec and spec["type"] in pa.NETLINK_KINDS:
                     pa.detach_netlink(spec, owned)
-        link = os.path.join(self.dir, "link")
+        link = os.path.join(self.dir, layout.PIN_LINK)
         if os.path.exists(link):
             try:
                 fd = bs.obj_get(link)

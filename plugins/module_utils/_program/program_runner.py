@@ -14,8 +14,10 @@ __metaclass__ = type
 
 import os
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import kernel_info
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_spec as spec_mod
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_attach as pa
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common.params import with_defaults
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.program_lifecycle import ApplyError, Program
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common.lock import HostLock, LockTimeout
@@ -39,25 +41,19 @@ ARGUMENT_SPEC = dict(
         cgroup=dict(type="dict", options=dict(path=dict(type="path", required=True),
                                               type=dict(type="str", choices=sorted(spec_mod.CGROUP_TYPES)))),
     ), mutually_exclusive=[list(spec_mod.ATTACH_KINDS)]),
-    pin_root=dict(type="path", default="/sys/fs/bpf/hypermesh"),
+    pin_root=dict(type="path", default=layout.PIN_ROOT),
+    state_dir=dict(type="path", default=layout.STATE_DIR),
     force=dict(type="bool", default=False),
 )
 
-CAP_SYS_ADMIN = 21
-CAP_BPF = 39
-
 
 def has_privileges():
-    """CAP_SYS_ADMIN or CAP_BPF in the effective set (root without capabilities is not enough)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    caps = int(line.split()[1], 16)
-                    return bool(caps & (1 << CAP_SYS_ADMIN) or caps & (1 << CAP_BPF))
-    except (IOError, OSError, ValueError):
-        pass
-    return os.geteuid() == 0
+    """CAP_SYS_ADMIN or CAP_BPF in the effective set (root without capabilities is not enough); root when the
+    set cannot be read."""
+    caps = kernel_info.capabilities()
+    if caps["effective"] is None:
+        return os.geteuid() == 0
+    return caps["cap_sys_admin"] or caps["cap_bpf"]
 
 
 def gate(spec):
@@ -94,7 +90,7 @@ class ProgramRun(object):
         """The object opened with libbpf (no kernel change); opened once, closed by apply()."""
         if self.obj is None:
             from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.libbpf import BpfObject
-            self.obj = BpfObject(self.p["object"], pin_root_path=os.path.join(self.p["pin_root"], "_shared"))
+            self.obj = BpfObject(self.p["object"], pin_root_path=os.path.join(self.p["pin_root"], layout.SHARED))
         return self.obj
 
     def desired(self, record):
@@ -141,7 +137,7 @@ class ProgramRun(object):
             raise spec_mod.SpecError("ebpf_program needs root (or CAP_BPF/CAP_SYS_ADMIN with CAP_NET_ADMIN and "
                                      "CAP_PERFMON) to load and attach programs: run it with become: true")
         with HostLock():
-            prog = Program(p["name"], pin_root)
+            prog = Program(p["name"], pin_root, p["state_dir"])
             managed_at = (prog.record or {}).get("pin_root")
             if managed_at and managed_at != pin_root:
                 raise spec_mod.SpecError("program %s is managed under pin_root %s, not %s: remove it there first "

@@ -6,16 +6,16 @@ or, when omitted, from the ELF section as libbpf reads it), and the feature each
 One job: pure validation, no kernel calls except statfs on pin_root. Errors are SpecError with a message that
 names the option to fix. Importable without ansible.
 """
-import ctypes
 import hashlib
 import os
 import re
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs, libc
 
 BPF_FS_MAGIC = 0xcafe4a11
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # bpffs refuses '.' in names
-RESERVED = ("_shared",)
+RESERVED = (layout.SHARED,)
 # names under <pin_root>/<name>/ that the program owns: prog, link, maps/, stage_<pid>/
 ATTACH_KINDS = ("xdp", "tc", "tcx", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry", "fexit",
                 "lsm", "cgroup")
@@ -83,14 +83,6 @@ def check_elf_names(path, programs, map_defs=()):
                                 % (_shown(path), kind, _shown(item["name"]), problem))
 
 
-def _fs_type(path):
-    libc = ctypes.CDLL(None, use_errno=True)  # the libc already loaded (find_library forks ldconfig)
-    buf = ctypes.create_string_buffer(256)
-    if libc.statfs(path.encode(), buf) != 0:
-        return None
-    return ctypes.c_long.from_buffer(buf).value & 0xffffffff
-
-
 def check_pin_root(pin_root):
     """pin_root must be absolute, without '..', and on a mounted bpffs (checked on its nearest existing parent)."""
     if not pin_root or not os.path.isabs(pin_root) or ".." in pin_root.split("/"):
@@ -98,7 +90,7 @@ def check_pin_root(pin_root):
     probe = os.path.normpath(pin_root)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
-    if _fs_type(probe) != BPF_FS_MAGIC:
+    if libc.statfs(probe) != BPF_FS_MAGIC:
         raise SpecError("pin_root %s is not on a bpf filesystem (%s is not bpffs): pins need bpffs; mount it "
                         "(mount -t bpf bpf /sys/fs/bpf) or choose a pin_root under a bpffs mount"
                         % (pin_root, probe))

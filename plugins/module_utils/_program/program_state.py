@@ -20,21 +20,22 @@ import json
 import os
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import atomic_file
-from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs, libc
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import host_paths
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 
-STATE_DIR = os.environ.get("HYPERMESH_EBPF_STATE_DIR", "/var/lib/hypermesh-ebpf")
 STAGE_PREFIX = "stage_"  # bpffs refuses names with a dot
 
 
 def record_path(name, state_dir=None):
-    return os.path.join(state_dir or STATE_DIR, "programs", name + ".json")
+    """<state_dir>/programs/<name>.json; state_dir None: the default (layout.STATE_DIR)."""
+    return os.path.join(state_dir or layout.STATE_DIR, layout.RECORDS, name + ".json")
 
 
 def _records_dir(state_dir=None, make=False):
     """<state_dir>/programs, checked (ours, writable by no one else, no link); made 0755 when `make`."""
-    top = state_dir or STATE_DIR
-    d = os.path.join(top, "programs")
+    top = state_dir or layout.STATE_DIR
+    d = os.path.join(top, layout.RECORDS)
     if make:
         parent = os.path.dirname(os.path.normpath(top))
         if not os.path.isdir(parent):
@@ -87,7 +88,7 @@ def check_dirs(pin_root, name):
     missing one is fine (it is made 0700 when needed)."""
     if host_paths.check_dir_chain(pin_root):
         host_paths.check_own_dir(os.path.join(pin_root, name))
-        host_paths.check_own_dir(os.path.join(pin_root, "_shared"))
+        host_paths.check_own_dir(os.path.join(pin_root, layout.SHARED))
 
 
 def make_dir(path):
@@ -115,10 +116,10 @@ class Live(object):
 
     def __init__(self, pin_root, name):
         self.dir = os.path.join(pin_root, name)
-        self.prog_id, self.prog = _pin_info(os.path.join(self.dir, "prog"), "prog")
-        self.link_id, self.link = _pin_info(os.path.join(self.dir, "link"), "link")
+        self.prog_id, self.prog = _pin_info(os.path.join(self.dir, layout.PIN_PROG), "prog")
+        self.link_id, self.link = _pin_info(os.path.join(self.dir, layout.PIN_LINK), "link")
         self.maps = {}
-        mdir = os.path.join(self.dir, "maps")
+        mdir = os.path.join(self.dir, layout.PIN_MAPS)
         if os.path.isdir(mdir):
             for m in sorted(os.listdir(mdir)):
                 mid, _info = _pin_info(os.path.join(mdir, m), "map")
@@ -130,7 +131,7 @@ class Live(object):
                 if entry.startswith(STAGE_PREFIX):
                     sdir = os.path.join(self.dir, entry)
                     self.stages.append(sdir)
-                    pid, _info = _pin_info(os.path.join(sdir, "prog"), "prog")
+                    pid, _info = _pin_info(os.path.join(sdir, layout.PIN_PROG), "prog")
                     if pid:
                         self.owned_prog_ids.add(pid)
 
@@ -157,7 +158,7 @@ def remove_tree(path, dry_run=False):
     """Unpin everything below path and remove its directories (bpffs: unlink drops the pin). The whole tree is
     checked first: a symbolic link, an entry not ours or a directory not on bpffs is refused (UnsafePath) with
     nothing removed (host_paths.remove_bpf_tree). dry_run: only the check."""
-    host_paths.remove_bpf_tree(path, dry_run)
+    host_paths.remove_bpf_tree(path, libc.statfs, dry_run)
 
 
 def managed_names(pin_root, state_dir=None):
@@ -169,7 +170,7 @@ def managed_names(pin_root, state_dir=None):
     root = os.path.normpath(pin_root)
     out = []
     for entry in sorted(os.listdir(root)):
-        if entry == "_shared" or entry.startswith(".") or not os.path.isdir(os.path.join(root, entry)):
+        if entry == layout.SHARED or entry.startswith(".") or not os.path.isdir(os.path.join(root, entry)):
             continue
         rec = read_record(entry, state_dir)
         if not isinstance(rec, dict) or rec.get("name") != entry:

@@ -8,7 +8,7 @@ ebpf_programs role through it) saves the desired state of the host in /etc/hyper
 the unit hypermesh-ebpf-reapply.service runs, after sys-fs-bpf.mount and network-online.target:
 
     PYTHONPATH=/usr/lib/hypermesh-ebpf \
-    python3 -m ansible_collections.hypermesh.ebpf.plugins.module_utils._state.reapply [--desired PATH] [--check]
+    python3 -m ansible_collections.hypermesh.ebpf.plugins.module_utils._state.reapply [--desired PATH] [--state-dir DIR] [--check]
         [--retry-seconds N]
 
 One code path for rollout and boot: the saved entries become ebpf_state's `programs` options (each program's
@@ -46,7 +46,9 @@ import json
 import sys
 import time
 
-DESIRED = "/etc/hypermesh-ebpf/desired.json"
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
+
+DESIRED = layout.DESIRED
 VERSION = 1
 
 
@@ -85,7 +87,7 @@ def _line(out, **fields):
 # ---- the saved entries as ebpf_state's options ---------------------------------------------------------------
 def _program_keys():
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_runner
-    return [k for k in program_runner.ARGUMENT_SPEC if k != "pin_root"]
+    return [k for k in program_runner.ARGUMENT_SPEC if k not in ("pin_root", "state_dir")]
 
 
 def _map_option(name, pin_root, i, mparams):
@@ -147,10 +149,10 @@ def plan(doc):
 
 
 # ---- the engine, in its boot mode ---------------------------------------------------------------------------
-def engine_params(pin_root, options):
+def engine_params(pin_root, options, state_dir=None):
     """ebpf_state's options for the boot: the programs only, nothing saved, pruned, rolled back or checked."""
-    return {"programs": options, "pin_root": pin_root, "persist": False, "rollback": False, "prune": False,
-            "health_checks": "none"}
+    return {"programs": options, "pin_root": pin_root, "state_dir": state_dir or layout.STATE_DIR,
+            "persist": False, "rollback": False, "prune": False, "health_checks": "none"}
 
 
 class Recording(object):
@@ -183,7 +185,7 @@ def _lines(entry, ops):
                "added": res.get("added", []), "updated": res.get("updated", [])}
 
 
-def apply_group(pin_root, options, check_mode, run, ops, out):
+def apply_group(pin_root, options, check_mode, run, ops, out, state_dir=None):
     """Engine runs on `options` until each program converged, was set aside or failed: a failure after the
     first change stops a run (the programs before it are applied then), so the run is made again with the
     programs after it. Prints the lines of the programs applied; returns {name: why} of the others."""
@@ -192,7 +194,7 @@ def apply_group(pin_root, options, check_mode, run, ops, out):
     while todo:
         rec = Recording(ops)
         try:
-            res = run(engine_params(pin_root, todo), check_mode, ops=rec, set_aside_refused=True)
+            res = run(engine_params(pin_root, todo, state_dir), check_mode, ops=rec, set_aside_refused=True)
         except Exception as e:  # a bug or a refusal of the whole run: none of these converged this time
             for o in todo:
                 errors[o["name"]] = "%s: %s" % (type(e).__name__, e)
@@ -224,12 +226,13 @@ def apply_group(pin_root, options, check_mode, run, ops, out):
 
 
 def reapply(doc, check_mode=False, retry_seconds=0.0, out=sys.stdout, sleep=time.sleep, clock=time.time,
-            engine=None, ops=None):
+            engine=None, ops=None, state_dir=None):
     """Apply every program of `doc` (see load_desired) through state_engine's boot mode. Returns the names that
-    failed (empty: all converged). `engine` replaces state_engine.run and `ops` its host functions (tests)."""
+    failed (empty: all converged). `engine` replaces state_engine.run and `ops` its host functions (tests);
+    state_dir: the records' directory (default layout.STATE_DIR)."""
     run, host_ops = _engine() if engine is None else (engine, None)
     if ops is None:
-        ops = host_ops()
+        ops = host_ops(state_dir)
     deadline = clock() + retry_seconds
     groups, fixed = plan(doc)
     pending = groups
@@ -237,7 +240,7 @@ def reapply(doc, check_mode=False, retry_seconds=0.0, out=sys.stdout, sleep=time
     while True:
         retry = []
         for pin_root, options in pending:
-            failed = apply_group(pin_root, options, check_mode, run, ops, out)
+            failed = apply_group(pin_root, options, check_mode, run, ops, out, state_dir)
             for o in options:
                 errors.pop((pin_root, o["name"]), None)
             for name, why in failed.items():
@@ -257,9 +260,10 @@ def reapply(doc, check_mode=False, retry_seconds=0.0, out=sys.stdout, sleep=time
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="hypermesh-ebpf-reapply",
                                      description="Re-apply the host's eBPF desired state saved by "
-                                                 "hypermesh.ebpf's ebpf_state (run at boot by "
-                                                 "hypermesh-ebpf-reapply.service).")
+                                                 "hypermesh.ebpf's ebpf_state (run at boot by %s)." % layout.REAPPLY_UNIT)
     parser.add_argument("--desired", default=DESIRED, help="desired state file (default %(default)s)")
+    parser.add_argument("--state-dir", default=layout.STATE_DIR,
+                        help="the modules' records directory, ebpf_state's state_dir (default %(default)s)")
     parser.add_argument("--check", action="store_true", help="only report what would change")
     parser.add_argument("--retry-seconds", type=float, default=30.0,
                         help="keep retrying, every 2 s, the programs set aside or failed this long (late "
@@ -271,7 +275,8 @@ def main(argv=None):
         # rollout that commits while this waits is applied as committed, never undone by an older read
         with lock.HostLock():
             doc = load_desired(args.desired)
-            failed = reapply(doc, check_mode=args.check, retry_seconds=args.retry_seconds)
+            failed = reapply(doc, check_mode=args.check, retry_seconds=args.retry_seconds,
+                             state_dir=args.state_dir)
     except DesiredError as e:
         _line(sys.stdout, failed=True, error=str(e))
         return 2

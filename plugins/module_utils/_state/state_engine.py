@@ -58,6 +58,11 @@ class Terminated(BaseException):
 
 # ---- the host-facing functions (replaced by fakes in unit tests) --------------------------------------------
 class HostOps(object):
+    """The host's functions; state_dir: where the programs' records are (ebpf_state's state_dir)."""
+
+    def __init__(self, state_dir=None):
+        self.state_dir = state_dir
+
     def lock(self):
         from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock
         return lock.HostLock()  # re-entrant: program_runner and map_runner take it again inside
@@ -79,11 +84,11 @@ class HostOps(object):
 
     def managed_names(self, pin_root):
         from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state
-        return program_state.managed_names(pin_root)
+        return program_state.managed_names(pin_root, self.state_dir)
 
     def snapshot(self, names, map_params, pin_root):
         from ansible_collections.hypermesh.ebpf.plugins.module_utils._state import state_snapshot
-        return state_snapshot.Snapshot(names, map_params, pin_root)
+        return state_snapshot.Snapshot(names, map_params, pin_root, self.state_dir)
 
     def health(self, items, pin_root):
         from ansible_collections.hypermesh.ebpf.plugins.module_utils._state import state_health
@@ -179,8 +184,9 @@ class Engine(object):
     def __init__(self, params, check_mode=False, ops=None, set_aside_refused=False):
         self.wanted, self.opt = state_params.parse(params)
         self.check_mode = check_mode
-        self.ops = ops or HostOps()
+        self.ops = ops or HostOps(self.opt["state_dir"])
         self.pin_root = self.opt["pin_root"]
+        self.state_dir = self.opt["state_dir"]
         self.set_aside_refused = set_aside_refused
         self.entries = {}       # name -> the result entry of that program
         self.predicted = {}     # name -> program_runner.apply's result (check mode, then the real one if run)
@@ -208,7 +214,8 @@ class Engine(object):
             self.pruned = [n for n in self.ops.managed_names(self.pin_root) if n not in listed]
         for name in self.pruned:
             res = self._try(name, self.ops.apply_program, {"name": name, "state": "absent",
-                                                           "pin_root": self.pin_root}, True)
+                                                           "pin_root": self.pin_root,
+                                                           "state_dir": self.state_dir}, True)
             self.predicted[name] = res
             if res.get("changed"):
                 self._entry(name, res, "remove", "not listed (prune)")
@@ -252,7 +259,8 @@ class Engine(object):
         for name in self.pruned:
             if self.entries[name]["changed"]:
                 self._step(name, None, self.ops.apply_program, {"name": name, "state": "absent",
-                                                                "pin_root": self.pin_root})
+                                                                "pin_root": self.pin_root,
+                                                                "state_dir": self.state_dir})
         for w in self.active():
             entry = self.entries[w.name]
             if entry["changed"]:
@@ -332,7 +340,7 @@ class Engine(object):
         if snap is None:
             return None
         return snap.restore(lambda name: self.ops.apply_program(
-            {"name": name, "state": "absent", "pin_root": self.pin_root}, False))
+            {"name": name, "state": "absent", "pin_root": self.pin_root, "state_dir": self.state_dir}, False))
 
     def _message(self, failure, rolled):
         if rolled is None:

@@ -26,7 +26,6 @@ __metaclass__ = type
 
 import base64
 import binascii
-import ctypes
 import errno
 import hashlib
 import os
@@ -38,14 +37,16 @@ import tempfile
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import atomic_file
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import host_command
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import host_paths
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 
-OBJECTS_DIR = "/var/lib/hypermesh-ebpf/objects"
-LIB_DIR = "/usr/lib/hypermesh-ebpf"
+OBJECTS_DIR = layout.OBJECTS_DIR
+LIB_DIR = layout.LIB_DIR
 CODE_PATH = ("ansible_collections", "hypermesh", "ebpf", "plugins", "module_utils")
 REAPPLY = "ansible_collections.hypermesh.ebpf.plugins.module_utils._state.reapply"
-UNIT_NAME = "hypermesh-ebpf-reapply.service"
-UNIT_PATH = "/etc/systemd/system/" + UNIT_NAME
+UNIT_NAME = layout.REAPPLY_UNIT
+UNIT_PATH = layout.UNIT_DIR + "/" + UNIT_NAME
 SYSTEMD_RUN_DIR = "/run/systemd/system"  # a directory only on a host booted with systemd (sd_booted)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -69,10 +70,9 @@ Type=oneshot
 RemainAfterExit=yes
 Environment=PYTHONPATH=%(lib_dir)s
 Environment=PYTHONDONTWRITEBYTECODE=1
-Environment=HYPERMESH_EBPF_STATE_DIR=%(state_dir)s
 Environment=LANG=C
 LimitMEMLOCK=infinity
-ExecStart=%(python)s -m %(module)s --desired %(desired)s
+ExecStart=%(python)s -m %(module)s --desired %(desired)s --state-dir %(state_dir)s
 
 [Install]
 WantedBy=multi-user.target
@@ -205,16 +205,12 @@ def _set_aside(path):
 def _exchange(a, b):
     """Swap two paths in one rename (renameat2 RENAME_EXCHANGE). False when libc, kernel or filesystem cannot."""
     try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), b)
+        libc.renameat2(a, b, libc.RENAME_EXCHANGE)
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            return False
+        raise
+    return True
 
 
 # ---- objects ------------------------------------------------------------------------------------------------
@@ -451,8 +447,8 @@ class Install(object):
         code = wanted_code(params["reapply_code"]) if persist and params.get("reapply_code") else None
         self.unit = None
         if persist and params.get("reapply_unit", True) and os.path.isdir(systemd_dir):
-            self.unit = unit_text(python or sys.executable, self.lib_dir, state_dir or "/var/lib/hypermesh-ebpf",
-                                  params.get("desired") or "/etc/hypermesh-ebpf/desired.json")
+            self.unit = unit_text(python or sys.executable, self.lib_dir, state_dir or layout.STATE_DIR,
+                                  params.get("desired") or layout.DESIRED)
         self.write_objects, missing_objects = plan_objects(self.objects_dir, wanted_objects(params.get("objects")))
         self.code_files, code_missing = None, False  # files to install; the code is not current and no files
         if code is not None and installed_code(self.lib_dir)[0] != code[0]:

@@ -15,12 +15,14 @@ import copy
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_codec
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_runner
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common.params import with_defaults
 
-DEFAULT_PIN_ROOT = "/sys/fs/bpf/hypermesh"
-DEFAULT_DESIRED = "/etc/hypermesh-ebpf/desired.json"
-DEFAULT_OBJECTS_DIR = "/var/lib/hypermesh-ebpf/objects"
-DEFAULT_LIB_DIR = "/usr/lib/hypermesh-ebpf"
+DEFAULT_PIN_ROOT = layout.PIN_ROOT
+DEFAULT_DESIRED = layout.DESIRED
+DEFAULT_OBJECTS_DIR = layout.OBJECTS_DIR
+DEFAULT_LIB_DIR = layout.LIB_DIR
+DEFAULT_STATE_DIR = layout.STATE_DIR
 HEALTH_CHECKS = ("run_count", "counter", "none")
 
 MAP_SPEC = dict(
@@ -40,7 +42,9 @@ HEALTH_SPEC = dict(
     value_format=dict(type="str", choices=list(map_codec.FORMATS), default="auto"),
     timeout=dict(type="float"),
 )
-_PROGRAM_OPTIONS = dict((k, copy.deepcopy(v)) for k, v in program_runner.ARGUMENT_SPEC.items() if k != "pin_root")
+# pin_root and state_dir are the host's, set once for all programs (the top-level options)
+HOST_OPTIONS = ("pin_root", "state_dir")
+_PROGRAM_OPTIONS = dict((k, copy.deepcopy(v)) for k, v in program_runner.ARGUMENT_SPEC.items() if k not in HOST_OPTIONS)
 _PROGRAM_OPTIONS.update(
     maps=dict(type="list", elements="dict", default=[], options=MAP_SPEC),
     health=dict(type="dict", options=HEALTH_SPEC),
@@ -65,6 +69,7 @@ ARGUMENT_SPEC = dict(
     lib_dir=dict(type="path", default=DEFAULT_LIB_DIR),
     reapply_unit=dict(type="bool", default=True),
     pin_root=dict(type="path", default=DEFAULT_PIN_ROOT),
+    state_dir=dict(type="path", default=DEFAULT_STATE_DIR),
     prune=dict(type="bool", default=False),
     rollback=dict(type="bool", default=True),
     health_checks=dict(type="str", choices=["changed", "all", "none"], default="changed"),
@@ -90,13 +95,15 @@ class Wanted(object):
         self.health = health
 
     def saved(self):
-        """The entry of desired.json (the format reapply.py reads)."""
-        return {"program": dict(self.program), "maps": [dict(m) for m in self.maps], "health": dict(self.health)}
+        """The entry of desired.json (the format reapply.py reads; state_dir is the re-apply's --state-dir)."""
+        program = dict((k, v) for k, v in self.program.items() if k != "state_dir")
+        return {"program": program, "maps": [dict(m) for m in self.maps], "health": dict(self.health)}
 
 
-def _program(p, pin_root):
-    params = dict((k, p.get(k)) for k in program_runner.ARGUMENT_SPEC if k != "pin_root")
+def _program(p, pin_root, state_dir):
+    params = dict((k, p.get(k)) for k in program_runner.ARGUMENT_SPEC if k not in HOST_OPTIONS)
     params["pin_root"] = pin_root
+    params["state_dir"] = state_dir
     return with_defaults(params, program_runner.ARGUMENT_SPEC)
 
 
@@ -146,7 +153,7 @@ def parse(params):
         unknown = sorted(set(prog) - set(_PROGRAM_OPTIONS))
         if unknown:
             raise StateError("program %s: unsupported option(s) %s" % (prog["name"], ", ".join(unknown)))
-        wanted.append(Wanted(_program(prog, p["pin_root"]), _maps(prog, p["pin_root"]),
+        wanted.append(Wanted(_program(prog, p["pin_root"], p["state_dir"]), _maps(prog, p["pin_root"]),
                              _health(prog, p["health_timeout"])))
     options = dict((k, v) for k, v in p.items() if k != "programs")
     return wanted, options

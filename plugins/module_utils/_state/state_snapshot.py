@@ -24,6 +24,7 @@ __metaclass__ = type
 
 import os
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import pinned_map
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state as ps
@@ -73,10 +74,10 @@ class ProgramSnap(object):
         self.prog_id = live.prog_id
         self.link_id = live.link_id
         self.map_ids = dict(live.maps)
-        self.prog_fd = _get(os.path.join(pin_root, name, "prog")) if live.prog_id else None
+        self.prog_fd = _get(os.path.join(pin_root, name, layout.PIN_PROG)) if live.prog_id else None
         self.map_fds = {}
         for pin in sorted(live.maps):
-            fd = _get(os.path.join(pin_root, name, "maps", pin))
+            fd = _get(os.path.join(pin_root, name, layout.PIN_MAPS, pin))
             if fd is not None:
                 self.map_fds[pin] = fd
         self.shared_fds = {}

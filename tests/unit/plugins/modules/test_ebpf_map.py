@@ -52,7 +52,7 @@ def kernel(monkeypatch):
     for name, fn in (("map_lookup", lookup), ("map_update", update), ("map_delete", delete),
                      ("map_update_batch", batch), ("map_next_key", next_key), ("close", lambda fd: None)):
         monkeypatch.setattr(bs, name, fn)
-    monkeypatch.setattr(pmod, "_lookup_batch", no_batch_read)
+    monkeypatch.setattr(bs, "map_lookup_batch", no_batch_read)
     monkeypatch.setattr(lock, "HostLock", contextlib.nullcontext)
     state = {"frozen": False}
     real_class = pmod.PinnedMap

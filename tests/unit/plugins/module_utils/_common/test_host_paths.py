@@ -7,6 +7,7 @@ import stat
 import pytest
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import host_paths
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="probe: euid is not 0 (chown to another uid needs root)")
 
@@ -88,7 +89,7 @@ def test_remove_tree_refuses_a_link_as_its_top_and_keeps_the_target(tmp_path):
     (victim / "file").write_text("keep")
     os.symlink(str(victim), str(tmp_path / "name"))
     with pytest.raises(host_paths.UnsafePath, match="name is a symbolic link"):
-        host_paths.remove_bpf_tree(str(tmp_path / "name"))
+        host_paths.remove_bpf_tree(str(tmp_path / "name"), libc.statfs)
     assert (victim / "file").read_text() == "keep" and os.path.islink(str(tmp_path / "name"))
 
 
@@ -96,6 +97,6 @@ def test_remove_tree_is_for_bpffs_only(tmp_path):
     (tmp_path / "name" / "maps").mkdir(parents=True)
     (tmp_path / "name" / "prog").write_text("")
     with pytest.raises(host_paths.UnsafePath, match="name is not on a bpf filesystem"):
-        host_paths.remove_bpf_tree(str(tmp_path / "name"))
+        host_paths.remove_bpf_tree(str(tmp_path / "name"), libc.statfs)
     assert sorted(os.listdir(str(tmp_path / "name"))) == ["maps", "prog"]
-    host_paths.remove_bpf_tree(str(tmp_path / "missing"))  # nothing there: nothing to do
+    host_paths.remove_bpf_tree(str(tmp_path / "missing"), libc.statfs)  # nothing there: nothing to do

@@ -5,13 +5,6 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import hardwa
 from tests.unit.fixtures import fakehost
 
 
-@pytest.mark.parametrize("cpu_list, count", [
-    ("0", 1), ("0-1", 2), ("0-3,8,10-11", 7), ("", 0), ("0-127\n", 128), ("1,3,5", 3),
-])
-def test_cpu_count(cpu_list, count):
-    assert hw.cpu_count(cpu_list) == count
-
-
 @pytest.fixture
 def debian11(tmp_path):
     return fakehost.build(tmp_path, fakehost.DEBIAN11)
@@ -82,14 +75,6 @@ def test_native_table_documents_the_usual_drivers():
                    "ena", "nfp", "qede", "tun", "thunder-nicvf", "stmmaceth"):
         assert driver in hw.NATIVE_XDP_DRIVERS, driver
     assert hw.OFFLOAD_XDP_DRIVERS <= hw.NATIVE_XDP_DRIVERS
-
-
-def test_netlink_attribute_walk():
-    import struct
-    data = struct.pack("=HHI", 8, 1, 7) + struct.pack("=HHQ", 12, 3, 0x13)
-    attrs = hw._nl_attrs(data)
-    assert struct.unpack("I", attrs[1])[0] == 7
-    assert struct.unpack("Q", attrs[3])[0] == 0x13
 
 
 def test_facts_shape(debian11):

@@ -70,15 +70,6 @@ def test_resolve_skips_typedef_and_const():
     assert t.resolve(2) == 1 and t.resolve(6) == 5
 
 
-def test_quick_find_agrees_with_full_parse():
-    data = sample()
-    full = btf.Btf(data)
-    got = btf.quick_find(data, {"do_unlinkat": "func", "counters": "struct", "proto": "enum", "nope": "func",
-                                "__u32": "struct"})
-    assert got == {"do_unlinkat": full.find("do_unlinkat", "func"), "counters": 5, "proto": 9, "nope": None,
-                   "__u32": None}
-
-
 def test_split_btf_continues_ids_and_strings():
     base = btf.Btf(sample())
     b = Builder()

@@ -243,7 +243,9 @@ sys.path.insert(0, sys.argv[1])
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import netlink as nl
 out = []
 for m in (nl._xdp_msg(7, 5, 20, 9), nl._tc_msg(4, 0xFFFFFFF3, 5, nl._filter_info(3), "bpf",
-          [("TCA_BPF_FD", 11), ("TCA_BPF_NAME", "prog"), ("TCA_BPF_FLAGS", 1)])):
+          [("TCA_BPF_FD", 11), ("TCA_BPF_NAME", "prog"), ("TCA_BPF_FLAGS", 1)]),
+          nl._genl_msg(nl._CtrlMsg, nl.CTRL_CMD_GETFAMILY, [("CTRL_ATTR_FAMILY_NAME", "netdev")]),
+          nl._genl_msg(nl._NetdevMsg, nl.NETDEV_CMD_DEV_GET)):
     m.encode()
     out.append(bytes(m.data)[16:].hex())
 print(" ".join(out))
@@ -331,6 +333,49 @@ def test_ack_of_success_ends_the_request():
     rtnl = rtnl_with(ack(1))
     nl._set_xdp(rtnl, 3, 5, 0, None, "attaching")
     assert len(rtnl.sock.sent) == 1 and rtnl.sock.buffers == []
+
+
+# ---- generic netlink: the XDP features drivers announce (netdev family) ---------------------------------------
+def genl(cmd, version=1):
+    return struct.pack("=BBH", cmd, version, 0)
+
+
+class ClosingSocket(FakeSocket):
+    closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def genl_with(monkeypatch, *buffers):
+    rtnl = nl._Rtnl.__new__(nl._Rtnl)
+    rtnl.sock, rtnl.seq = ClosingSocket(*buffers), 0
+    monkeypatch.setattr(nl, "_Rtnl", lambda protocol, timeout=None: rtnl if protocol == nl.NETLINK_GENERIC else None)
+    return rtnl
+
+
+def test_xdp_features_finds_the_family_then_dumps_the_devices(monkeypatch):
+    family = message(0x10, genl(1, 2) + attr(1, struct.pack("=H", 27)) + asciiz(2, "netdev"), flags=0, seq=1)
+    dev4 = message(27, genl(1) + u32(1, 4) + attr(3, struct.pack("=Q", 0x1 | 0x2 | 0x20)), seq=2)
+    dev1 = message(27, genl(1) + u32(1, 1) + attr(3, struct.pack("=Q", 0)), seq=2)
+    done = message(3, struct.pack("=i", 0), seq=2)
+    rtnl = genl_with(monkeypatch, family, dev4 + dev1, done)
+    assert nl.xdp_features() == {4: ["basic", "redirect", "rx_sg"], 1: []}
+    ask, dump = rtnl.sock.sent
+    assert struct.unpack_from("=IHHII", ask)[1:4] == (nl.GENL_ID_CTRL, nl.NLM_F_REQUEST, 1)
+    assert ask[16:] == genl(nl.CTRL_CMD_GETFAMILY) + asciiz(2, "netdev")
+    assert struct.unpack_from("=IHHII", dump)[1:4] == (27, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, 2)
+    assert dump[16:] == genl(nl.NETDEV_CMD_DEV_GET)
+    assert rtnl.sock.closed
+
+
+def test_xdp_features_without_the_netdev_family_says_the_kernel_is_older(monkeypatch):
+    rtnl = genl_with(monkeypatch, ack(1, -2))
+    with pytest.raises(OSError) as err:
+        nl.xdp_features()
+    assert err.value.errno == 2
+    assert err.value.strerror == "the kernel has no netdev generic netlink family (kernel < 6.3)"
+    assert rtnl.sock.closed
 
 
 def test_netlink_imports_pyroute2_netlink_only():

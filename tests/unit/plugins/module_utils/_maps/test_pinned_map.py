@@ -4,6 +4,7 @@ The fake map behaves as the kernel's does where it matters here: a hash map refu
 BPF_MAP_UPDATE_BATCH stops at the first failure after writing the ones before it, arrays cannot delete."""
 import errno
 import os
+import struct
 
 import pytest
 
@@ -74,7 +75,7 @@ def fake(monkeypatch):
 
         def no_batch(*a):
             raise bs.BpfError(errno.EINVAL, "BPF_MAP_LOOKUP_BATCH")
-        monkeypatch.setattr(pmod, "_lookup_batch", no_batch)
+        monkeypatch.setattr(bs, "map_lookup_batch", no_batch)
         pm = object.__new__(pmod.PinnedMap)
         pm.fd, pm.path, pm.frozen, pm.read_only = 99, "/sys/fs/bpf/x", False, False
         pm.key_size, pm.value_size, pm.buf_size, pm.max_entries = 4, 8, 8, kw.get("max_entries", 4)
@@ -232,3 +233,62 @@ def test_read_entries_percpu_values_and_sum(fake):
 def test_map_path_refuses_names_that_are_paths(tmp_path, name, map_name):
     with pytest.raises(pmod.MapError, match="is not valid"):
         pmod.map_path(name=name, map_name=map_name, pin_root=str(tmp_path))
+
+
+# ---- the map's BTF: absent or unreadable means raw bytes; a bug in our code is not relabelled as that ----------
+def _btf_blob(types=b"", strings=b"\0"):
+    return struct.pack("<HBBI4I", 0xeB9F, 1, 0, 24, 0, len(types), len(types), len(strings)) + types + strings
+
+
+def _int_type():
+    return struct.pack("<3II", 1, 1 << 24, 4, 32)  # name "int" at offset 1, kind int, 4 bytes, 32 bits
+
+
+@pytest.fixture
+def btf_fd(monkeypatch):
+    closed = []
+    monkeypatch.setattr(bs, "get_fd_by_id", lambda kind, obj_id: 77)
+    monkeypatch.setattr(bs, "close", closed.append)
+    return closed
+
+
+def test_btf_loaded_when_the_kernel_has_it(btf_fd, monkeypatch):
+    monkeypatch.setattr(bs, "btf_data", lambda fd: _btf_blob(_int_type(), b"\0int\0"))
+    btf = pmod.PinnedMap._load_btf(5)
+    assert btf.types[1]["name"] == "int" and btf.types[1]["size"] == 4
+    assert btf_fd == [77]
+
+
+def test_btf_gone_means_raw_bytes(monkeypatch):
+    def gone(kind, obj_id):
+        raise bs.BpfError(errno.ENOENT, "BPF_BTF_GET_FD_BY_ID")
+    monkeypatch.setattr(bs, "get_fd_by_id", gone)
+    assert pmod.PinnedMap._load_btf(5) is None
+
+
+def test_btf_refused_by_the_kernel_means_raw_bytes(btf_fd, monkeypatch):
+    def refused(fd):
+        raise bs.BpfError(errno.EPERM, "BPF_OBJ_GET_INFO_BY_FD")
+    monkeypatch.setattr(bs, "btf_data", refused)
+    assert pmod.PinnedMap._load_btf(5) is None
+    assert btf_fd == [77]
+
+
+@pytest.mark.parametrize("blob", [
+    b"\0" * 32,                                                        # not BTF (magic)
+    _btf_blob(_int_type()[:8], b"\0int\0"),                            # a type cut short (struct.error)
+    _btf_blob(struct.pack("<3I", 1, 31 << 24, 0), b"\0x\0"),  # a kind this reader does not know
+])
+def test_btf_the_reader_cannot_parse_means_raw_bytes(btf_fd, monkeypatch, blob):
+    monkeypatch.setattr(bs, "btf_data", lambda fd: blob)
+    assert pmod.PinnedMap._load_btf(5) is None
+    assert btf_fd == [77]
+
+
+def test_btf_bug_is_not_swallowed(btf_fd, monkeypatch):
+    def bug(fd):
+        raise TypeError("a bug, not the host's state")
+    monkeypatch.setattr(bs, "btf_data", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        pmod.PinnedMap._load_btf(5)
+    assert btf_fd == [77]  # the fd is still closed

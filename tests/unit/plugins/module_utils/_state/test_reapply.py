@@ -193,9 +193,10 @@ def test_entries_are_grouped_by_pin_root_in_the_files_order():
     assert errors == {}
     assert [(r, [o["name"] for o in opts]) for r, opts in groups] == [(PIN, ["a", "c"]),
                                                                       ("/sys/fs/bpf/other", ["b"])]
-    params = reapply.engine_params(PIN, groups[0][1])
+    assert reapply.engine_params(PIN, groups[0][1])["state_dir"] == "/var/lib/hypermesh-ebpf"
+    params = reapply.engine_params(PIN, groups[0][1], "/srv/state")
     assert dict((k, v) for k, v in params.items() if k != "programs") == {
-        "pin_root": PIN, "persist": False, "rollback": False, "prune": False, "health_checks": "none"}
+        "pin_root": PIN, "state_dir": "/srv/state", "persist": False, "rollback": False, "prune": False, "health_checks": "none"}
 
 
 def test_an_entry_the_engine_cannot_take_fails_alone():
@@ -332,9 +333,25 @@ def _write(tmp_path, doc):
     return str(p)
 
 
+def test_state_dir_is_passed_down(tmp_path, monkeypatch, capsys):
+    """--state-dir reaches the engine's host functions and every program's parameters (no environment)."""
+    host, given, seen = fresh_host(), [], []
+    monkeypatch.setattr(reapply, "_engine",
+                        lambda: (state_engine.run, lambda state_dir: given.append(state_dir) or host))
+    real = host.apply_program
+    monkeypatch.setattr(host, "apply_program",
+                        lambda params, check: seen.append(params["state_dir"]) or real(params, check))
+    path = _write(tmp_path, ROLE_DOC)
+    assert reapply.main(["--desired", path, "--state-dir", "/srv/hm-state", "--retry-seconds", "0"]) == 0
+    assert given == ["/srv/hm-state"] and seen and set(seen) == set(["/srv/hm-state"])
+    assert reapply.main(["--desired", path, "--retry-seconds", "0"]) == 0
+    assert given[-1] == "/var/lib/hypermesh-ebpf"
+    capsys.readouterr()
+
+
 def test_exit_codes(tmp_path, monkeypatch, capsys):
     host = fresh_host()
-    monkeypatch.setattr(reapply, "_engine", lambda: (state_engine.run, lambda: host))
+    monkeypatch.setattr(reapply, "_engine", lambda: (state_engine.run, lambda state_dir: host))
     path = _write(tmp_path, ROLE_DOC)
     assert reapply.main(["--desired", path, "--retry-seconds", "0"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]

@@ -348,19 +348,20 @@ def test_bad_code_input_is_refused(host, code):
 
 # ---- the unit -----------------------------------------------------------------------------------------------
 def test_unit_text():
-    text = si.unit_text("/usr/bin/python3", "/usr/lib/hypermesh-ebpf", "/var/lib/hypermesh-ebpf",
+    text = si.unit_text("/usr/bin/python3", "/usr/lib/hypermesh-ebpf", "/srv/hm-state",
                         "/etc/hypermesh-ebpf/desired.json")
     lines = text.splitlines()
     for line in ["ExecStart=/usr/bin/python3 -m ansible_collections.hypermesh.ebpf.plugins.module_utils._state.reapply "
-                 "--desired /etc/hypermesh-ebpf/desired.json",
+                 "--desired /etc/hypermesh-ebpf/desired.json --state-dir /srv/hm-state",
                  "Environment=PYTHONPATH=/usr/lib/hypermesh-ebpf", "Environment=PYTHONDONTWRITEBYTECODE=1",
-                 "Environment=HYPERMESH_EBPF_STATE_DIR=/var/lib/hypermesh-ebpf", "Environment=LANG=C",
+                 "Environment=LANG=C",
                  "LimitMEMLOCK=infinity", "After=sys-fs-bpf.mount network-online.target",
                  "Wants=sys-fs-bpf.mount network-online.target",
                  "ConditionPathExists=/etc/hypermesh-ebpf/desired.json", "Type=oneshot",
                  "WantedBy=multi-user.target"]:
         assert line in lines, line
     assert lines.index("[Unit]") < lines.index("[Service]") < lines.index("[Install]")
+    assert not [line for line in lines if "HYPERMESH" in line]  # the state dir is an argument, not the environment
 
 
 @pytest.mark.parametrize("bad", ["/a b", "/a\nExecStartPre=/bin/sh", "/a%n", "relative", "/a:b", '/a"b'])
