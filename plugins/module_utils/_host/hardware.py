@@ -22,6 +22,7 @@ import os
 import socket
 import struct
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._host.kernel_info import host_path, read_text
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 
 # Drivers with native (driver-mode) XDP in mainline Linux: the ones implementing ndo_bpf XDP_SETUP_PROG.
@@ -47,10 +48,10 @@ _DRVINFO_SIZE = 196  # struct ethtool_drvinfo
 
 def cpus(root="/"):
     """{"online": "0-1", "online_count": 2, "possible": "0-1", "possible_count": 2, "model": ..., "arch": ...}."""
-    online = (_read(root, "sys/devices/system/cpu/online") or "").strip()
-    possible = (_read(root, "sys/devices/system/cpu/possible") or "").strip()
+    online = (read_text(root, "sys/devices/system/cpu/online") or "").strip()
+    possible = (read_text(root, "sys/devices/system/cpu/possible") or "").strip()
     model = None
-    for line in (_read(root, "proc/cpuinfo") or "").splitlines():
+    for line in (read_text(root, "proc/cpuinfo") or "").splitlines():
         key, _sep, value = line.partition(":")
         if key.strip() in ("model name", "Model", "cpu model", "cpu") and value.strip():
             model = value.strip()
@@ -66,7 +67,7 @@ def cpus(root="/"):
 def memory(root="/"):
     """{"total_bytes", "available_bytes"} from /proc/meminfo (None where absent)."""
     values = {}
-    for line in (_read(root, "proc/meminfo") or "").splitlines():
+    for line in (read_text(root, "proc/meminfo") or "").splitlines():
         key, _sep, rest = line.partition(":")
         fields = rest.split()
         if fields and fields[0].isdigit():
@@ -79,13 +80,13 @@ def memory(root="/"):
 def block_devices(root="/"):
     """{name: {"size_bytes", "rotational", "removable", "model"}} from /sys/block; empty loop/ram/zram skipped."""
     result = {}
-    base = _path(root, "sys/block")
+    base = host_path(root, "sys/block")
     for name in sorted(_listdir(base)):
         sectors = _read_int(root, "sys/block/%s/size" % name)
         size = None if sectors is None else sectors * 512  # sysfs counts 512-byte sectors whatever the device
         if not size and name.startswith(("loop", "ram", "zram")):
             continue
-        model = _read(root, "sys/block/%s/device/model" % name)
+        model = read_text(root, "sys/block/%s/device/model" % name)
         result[name] = {
             "size_bytes": size,
             "rotational": _read_int(root, "sys/block/%s/queue/rotational" % name) == 1,
@@ -116,17 +117,17 @@ def ethtool_driver(ifname):
 def interface_driver(name, root="/"):
     """(driver, source) of interface `name`: sysfs device link, device uevent, ethtool, or uevent DEVTYPE."""
     base = "sys/class/net/%s" % name
-    link = _path(root, base + "/device/driver")
+    link = host_path(root, base + "/device/driver")
     if os.path.islink(link):
         return os.path.basename(os.readlink(link)), "sysfs"
-    for line in (_read(root, base + "/device/uevent") or "").splitlines():
+    for line in (read_text(root, base + "/device/uevent") or "").splitlines():
         if line.startswith("DRIVER="):
             return line[len("DRIVER="):], "sysfs"
     if root == "/":
         driver = ethtool_driver(name)
         if driver:
             return driver, "ethtool"
-    for line in (_read(root, base + "/uevent") or "").splitlines():
+    for line in (read_text(root, base + "/uevent") or "").splitlines():
         if line.startswith("DEVTYPE="):
             return line[len("DEVTYPE="):], "sysfs"
     if name == "lo" or _read_int(root, base + "/type") == 772:  # ARPHRD_LOOPBACK
@@ -163,11 +164,11 @@ def interfaces(root="/"):
         except (OSError, netlink.NetlinkError) as exc:
             announced_error = getattr(exc, "strerror", None) or str(exc)
     result = {}
-    for name in sorted(_listdir(_path(root, "sys/class/net"))):
+    for name in sorted(_listdir(host_path(root, "sys/class/net"))):
         base = "sys/class/net/%s" % name
         ifindex = _read_int(root, base + "/ifindex")
         driver, driver_source = interface_driver(name, root)
-        queues = _listdir(_path(root, base + "/queues"))
+        queues = _listdir(host_path(root, base + "/queues"))
         features = None if announced is None else announced.get(ifindex)
         modes, modes_source = xdp_modes(driver, features)
         result[name] = {
@@ -197,10 +198,6 @@ def facts(root="/"):
 
 # ---------------------------------------------------------------- helpers
 
-def _path(root, rel):
-    return os.path.join(root, rel.lstrip("/"))
-
-
 def _listdir(path):
     try:
         return os.listdir(path)
@@ -208,16 +205,8 @@ def _listdir(path):
         return []
 
 
-def _read(root, rel):
-    try:
-        with open(_path(root, rel)) as handle:
-            return handle.read()
-    except (IOError, OSError):
-        return None
-
-
 def _read_int(root, rel):
-    text = _read(root, rel)
+    text = read_text(root, rel)
     try:
         return int(text.split()[0])
     except (AttributeError, ValueError, IndexError):

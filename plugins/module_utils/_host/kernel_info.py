@@ -89,7 +89,7 @@ def version_at_least(version, min_kernel):
 
 def release(root="/"):
     """The running kernel's release, as `uname -r` prints it."""
-    text = _read(root, "proc/sys/kernel/osrelease")
+    text = read_text(root, "proc/sys/kernel/osrelease")
     if text is None:
         if root == "/":
             return os.uname()[2]
@@ -108,7 +108,7 @@ def kernel_config(kernel_release, root="/"):
     candidates = ["proc/config.gz", "boot/config-%s" % kernel_release]
     failures = []
     for rel in candidates:
-        path = _path(root, rel)
+        path = host_path(root, rel)
         try:
             if rel.endswith(".gz"):
                 with gzip.open(path, "rt") as handle:
@@ -148,7 +148,7 @@ def btf(root="/"):
     """Kernel BTF: {"vmlinux": bool, "path": ..., "size": bytes or None}."""
     path = "/sys/kernel/btf/vmlinux"
     try:
-        size = os.stat(_path(root, path)).st_size
+        size = os.stat(host_path(root, path)).st_size
     except OSError:
         return {"vmlinux": False, "path": path, "size": None}
     return {"vmlinux": True, "path": path, "size": size}
@@ -156,7 +156,7 @@ def btf(root="/"):
 
 def read_sysctl(name, root="/"):
     """An integer sysctl (dotted name), or None when absent or unreadable."""
-    text = _read(root, "proc/sys/" + name.replace(".", "/"))
+    text = read_text(root, "proc/sys/" + name.replace(".", "/"))
     if text is None:
         return None
     try:
@@ -182,7 +182,7 @@ def _unescape(field):
 
 def mounts(root="/"):
     """Entries of /proc/self/mountinfo: [{"mount_point", "fstype", "source", "options"}]."""
-    text = _read(root, "proc/self/mountinfo") or ""
+    text = read_text(root, "proc/self/mountinfo") or ""
     entries = []
     for line in text.splitlines():
         if " - " not in line:
@@ -226,7 +226,7 @@ def read_in_private_mount(fstype, mount_point, rel_file):
 def capabilities(root="/"):
     """The effective capabilities (CapEff of /proc/self/status): {"effective": hex, "cap_bpf": bool, ...};
     "effective" is None (and every capability False) when the line cannot be read."""
-    text = _read(root, "proc/self/status") or ""
+    text = read_text(root, "proc/self/status") or ""
     value = None
     for line in text.splitlines():
         if line.startswith("CapEff:"):
@@ -260,7 +260,7 @@ def active_lsms(root="/", caps=None, allow_private_mount=True):
     Tries, in order: /sys/kernel/security/lsm (securityfs mounted), lsm_list_modules(2) (6.8+), and securityfs
     mounted in a private mount namespace (needs CAP_SYS_ADMIN). Otherwise `active` is None with the reason.
     """
-    text = _read(root, "sys/kernel/security/lsm")
+    text = read_text(root, "sys/kernel/security/lsm")
     if text is not None:
         return {"active": _split_lsms(text), "source": "/sys/kernel/security/lsm", "reason": ""}
     tried = ["securityfs is not mounted at /sys/kernel/security"]
@@ -291,7 +291,7 @@ def lockdown(root="/", caps=None, allow_private_mount=True):
 
     Read from securityfs' lockdown file (mounted in a private mount namespace when needed and allowed).
     """
-    text = _read(root, "sys/kernel/security/lockdown")
+    text = read_text(root, "sys/kernel/security/lockdown")
     if text is None and root == "/" and allow_private_mount:
         if caps is None:
             caps = capabilities(root)
@@ -357,14 +357,15 @@ def facts(root="/", allow_private_mount=True):
 
 # ---------------------------------------------------------------- helpers
 
-def _path(root, rel):
+def host_path(root, rel):
+    """root/rel: a host file, or the same file under a test root (root "/" on the host)."""
     return os.path.join(root, rel.lstrip("/"))
 
 
-def _read(root, rel):
+def read_text(root, rel):
     """Text of root/rel, or None when it does not exist or cannot be read."""
     try:
-        with open(_path(root, rel)) as handle:
+        with open(host_path(root, rel)) as handle:
             return handle.read()
     except (IOError, OSError):
         return None
