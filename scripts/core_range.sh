@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The tested ansible-core range: for every ansible-core this machine's Pythons can run beyond the venv's own
-# (2.19 on 3.11, tested by every other stage), a venv in .cache/core-<version> with that ansible-core, then
-# `ansible-test sanity` and the integration smoke (tests/integration/test_smoke.py: facts, one XDP apply,
-# one map read) with it. meta/runtime.yml's requires_ansible names exactly this range.
+# (2.19 on 3.11, tested by every other stage), a venv in .cache/core-<version> with that ansible-core and the
+# ansible-lint of requirements-dev.txt, then `ansible-test sanity`, `ansible-lint` (production profile, as the
+# sanity stage runs it) and the integration smoke (tests/integration/test_smoke.py: facts, one XDP apply, one
+# map read) with it. meta/runtime.yml's requires_ansible names exactly this range.
 #   scripts/core_range.sh            every pair below
 #   scripts/core_range.sh 2.21       one
 set -euo pipefail
@@ -27,13 +28,16 @@ for core in "${versions[@]}"; do
   [ -n "$py_version" ] || { echo "core_range: ansible-core $core is not in the tested range" >&2; exit 2; }
   py=$(find_python "$py_version") || { echo "core_range: no Python $py_version here for ansible-core $core" >&2; exit 1; }
   venv=".cache/core-$core"
-  if [ ! -x "$venv/bin/ansible" ] || ! "$venv/bin/python" -c "import ansible, sys; sys.exit(not ansible.__version__.startswith('$core.'))"; then
+  lint=$(grep -E '^ansible-lint' requirements-dev.txt)
+  if [ ! -x "$venv/bin/ansible-lint" ] || ! "$venv/bin/python" -c "import ansible, sys; sys.exit(not ansible.__version__.startswith('$core.'))"; then
     echo "core_range: $venv (ansible-core $core on $("$py" --version))"
     rm -rf "$venv"
     "$py" -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "ansible-core==$core.*" "pytest>=8" "pyroute2>=0.7"
+    "$venv/bin/pip" install -q --disable-pip-version-check "ansible-core==$core.*" "$lint" "pytest>=8" "pyroute2>=0.7"
   fi
   echo "=== ansible-core $("$venv/bin/python" -c 'import ansible; print(ansible.__version__)') on $("$venv/bin/python" --version)"
   PATH="$top/$venv/bin:$PATH" scripts/ansible_test_sanity.sh
+  echo "--- ansible-lint on ansible-core $core: roles, playbooks, Molecule scenarios (production profile)"
+  PATH="$top/$venv/bin:$PATH" "$venv/bin/ansible-lint" --nocolor roles playbooks extensions/molecule
   PATH="$top/$venv/bin:$PATH" "$venv/bin/python" -m pytest -q tests/integration/test_smoke.py
 done
