@@ -50,6 +50,7 @@ CONTRACT = {
     "xdp_blocklist": ({"xdp_blocklist": "xdp"}, {"blocklist": ("hash", 4, 8, 65536),
                                                  "verdicts": ("percpu_array", 4, 8, 2)}),
     "tc_counter": ({"tc_count": "sched_cls"}, {"tc_stats": ("percpu_array", 4, 16, 1)}),
+    "tc_next": ({"tc_next": "sched_cls"}, {"next_stats": ("percpu_array", 4, 16, 1)}),
     "tp_openat": ({"count_openat": "tracepoint"}, {"openat_count": ("array", 4, 8, 1)}),
     "rawtp_sys_enter": ({"count_sys_enter": "raw_tracepoint"},
                         {"sys_enter_count": ("percpu_array", 4, 8, 1)}),

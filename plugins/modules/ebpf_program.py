@@ -79,7 +79,22 @@ options:
           interface: {type: str, required: true, description: Interface name.}
           netns: {type: str, description: Network namespace name or path.}
           direction: {type: str, choices: [ingress, egress], description: Hook (default from the section).}
-        description: tcx bpf link (kernel 6.6+).
+          order:
+            type: dict
+            description:
+              - Where the program runs among the programs on its tcx hook; exactly one key. Without it the
+                program is appended after those already there (the kernel's default) and never moved.
+              - Checked on every run against the hook's run order; a program out of its place is moved by a
+                new link created in the right place first, then the old link detached, so the hook never lacks it.
+              - A relative (O(attach.tcx.order.before), O(attach.tcx.order.after)) must be another
+                program this collection manages, tcx-attached on the same interface, netns and direction; anything
+                else is refused with nothing changed.
+            suboptions:
+              first: {type: bool, description: Run before every other program on the hook.}
+              last: {type: bool, description: Run after every other program on the hook.}
+              before: {type: str, description: Run before this managed program (its name).}
+              after: {type: str, description: Run after this managed program (its name).}
+        description: tcx bpf link (kernel 6.6+); several programs share a hook, in O(attach.tcx.order).
       tracepoint: {type: str, description: Tracepoint C(category/name).}
       raw_tracepoint: {type: str, description: Raw tracepoint name.}
       kprobe: {type: str, description: Kernel function name.}
@@ -134,6 +149,13 @@ EXAMPLES = r"""
   hypermesh.ebpf.ebpf_program:
     name: openat
     state: absent
+
+- name: A tcx filter that runs before the managed program tcx-counter on eth0 (kernel 6.6+)
+  hypermesh.ebpf.ebpf_program:
+    name: tcx-filter
+    object: /usr/local/lib/bpf/tc_filter.bpf.o
+    attach:
+      tcx: {interface: eth0, direction: ingress, order: {before: tcx-counter}}
 """
 
 RETURN = r"""

@@ -91,7 +91,22 @@ options:
               interface: {type: str, required: true, description: Interface name.}
               netns: {type: str, description: Network namespace name or path.}
               direction: {type: str, choices: [ingress, egress], description: Hook (default from the section).}
-            description: tcx bpf link (kernel 6.6+).
+              order:
+                type: dict
+                description:
+                  - Where the program runs among the programs on its tcx hook; exactly one key. Without it the
+                    program is appended after those already there (the kernel's default) and never moved.
+                  - Checked on every run against the hook's run order; a program out of its place is moved by a
+                    new link created in the right place first, then the old link detached, so the hook never lacks it.
+                  - A relative (O(programs[].attach.tcx.order.before), O(programs[].attach.tcx.order.after)) must be another
+                    program this collection manages, tcx-attached on the same interface, netns and direction; anything
+                    else is refused with nothing changed.
+                suboptions:
+                  first: {type: bool, description: Run before every other program on the hook.}
+                  last: {type: bool, description: Run after every other program on the hook.}
+                  before: {type: str, description: Run before this managed program (its name).}
+                  after: {type: str, description: Run after this managed program (its name).}
+            description: tcx bpf link (kernel 6.6+); several programs share a hook, in O(programs[].attach.tcx.order).
           tracepoint: {type: str, description: Tracepoint C(category/name).}
           raw_tracepoint: {type: str, description: Raw tracepoint name.}
           kprobe: {type: str, description: Kernel function name.}

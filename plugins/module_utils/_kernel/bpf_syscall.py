@@ -138,6 +138,12 @@ BPF_LINK_TYPE_TCX = 11
 BPF_ANY = 0
 BPF_F_RDONLY = 1 << 3
 BPF_F_REPLACE = 1 << 2
+# multi-attach (tcx, 6.6+) positions for BPF_LINK_CREATE: before/after the relative (relative_fd or relative_id),
+# or first/last with no relative; BPF_F_ID: the relative is an id, BPF_F_LINK: the relative is a link
+BPF_F_BEFORE = 1 << 3
+BPF_F_AFTER = 1 << 4
+BPF_F_ID = 1 << 5
+BPF_F_LINK = 1 << 13
 BPF_STATS_RUN_TIME = 0
 ENOTSUPP = 524  # the kernel-internal "operation not supported" that bpf() lets through (no errno name)
 

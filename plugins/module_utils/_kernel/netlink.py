@@ -16,11 +16,7 @@ kernel's extended ack text included, and its NetlinkError carries the kernel's e
 them over a NETLINK_ROUTE socket of the standard library: open, send one request, read to the ack or the end
 of the dump.
 
-Cost: `import pyroute2` runs pyroute2/__init__.py, which imports all of pyroute2 (ndb, ipdb, conntrack, asyncio,
-multiprocessing: 130-200 ms on every version), although we need only pyroute2.netlink (the message classes,
-~15 ms). `_import_pyroute2_netlink` imports that submodule under a stand-in for the package that runs the real
-pyroute2/__init__.py on first use of any of its attributes, so code that later does `import pyroute2` or
-`from pyroute2 import IPRoute` in the same process still gets the whole package.
+pyroute2 is imported through pyroute2_netlink.load(): pyroute2.netlink only, not the whole package (it says why).
 
 Network namespaces: every operation runs with the calling thread switched into the namespace (`in_netns`,
 setns(2) on /run/netns/NAME, and back to where the thread was). The netlink socket is created inside, so it
@@ -39,50 +35,12 @@ import errno
 import os
 import socket
 import struct
-import sys
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall, libc
-
-
-def _import_pyroute2_netlink():
-    """Import pyroute2.netlink without running pyroute2/__init__.py (see the module doc); a stand-in package
-    module runs it on first attribute access. Does nothing special when pyroute2 is already imported."""
-    if "pyroute2" not in sys.modules:
-        import importlib.util
-        import types
-        spec = importlib.util.find_spec("pyroute2")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("No module named 'pyroute2'")
-        pkg = types.ModuleType("pyroute2")
-        pkg.__file__ = spec.origin
-        pkg.__path__ = list(spec.submodule_search_locations)
-        pkg.__package__ = "pyroute2"
-        pkg.__spec__ = spec
-        pkg.__loader__ = spec.loader
-
-        def _load_whole_package(name):
-            # PEP 562: called for an attribute the stand-in lacks; run the real __init__ in it, once
-            del pkg.__dict__["__getattr__"]
-            exec(spec.loader.get_code("pyroute2"), pkg.__dict__)
-            try:
-                return pkg.__dict__[name]
-            except KeyError:
-                raise AttributeError("module 'pyroute2' has no attribute %r" % name)
-        pkg.__getattr__ = _load_whole_package
-        sys.modules["pyroute2"] = pkg
-        try:
-            import pyroute2.netlink  # noqa: F401
-        except BaseException:
-            if sys.modules.get("pyroute2") is pkg:
-                del sys.modules["pyroute2"]
-            raise
-    from pyroute2 import netlink as nl_mod
-    from pyroute2.netlink import exceptions as exc_mod
-    return nl_mod, exc_mod
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall, libc, pyroute2_netlink
 
 
 try:
-    _nl, _nlexc = _import_pyroute2_netlink()
+    _nl, _nlexc = pyroute2_netlink.load()
     nla, nlmsg, genlmsg = _nl.nla, _nl.nlmsg, _nl.genlmsg
     NLA_F_NESTED = _nl.NLA_F_NESTED
     _PyrouteNetlinkError = _nlexc.NetlinkError
@@ -805,14 +763,36 @@ def _ifindex_here(ifname, netns):
         raise NetlinkError("interface %s not found in %s" % (ifname, _where(netns)), errno.ENODEV)
 
 
-def tcx_attach(ifname, direction, prog_fd, netns=None):
-    """Attach SCHED_CLS program `prog_fd` to the tcx `direction` hook of `ifname` (appended after the programs
-    already there). Returns the bpf link fd: the program stays attached while the fd is open or the link is
-    pinned. Raises bpf_syscall.BpfError when the kernel refuses (EINVAL on kernels without tcx)."""
+TCX_POSITIONS = (None, "first", "last", "before", "after")
+
+
+def _tcx_flags(position, relative_link_fd):
+    """BPF_LINK_CREATE flags for a tcx position: first/last = BPF_F_BEFORE/BPF_F_AFTER with no relative,
+    before/after = the same relative to a link (BPF_F_LINK, its fd); None = appended (no flag)."""
+    if position not in TCX_POSITIONS:
+        raise NetlinkError("tcx position must be one of first, last, before, after, got %r" % (position,))
+    relative = position in ("before", "after")
+    if relative != bool(relative_link_fd):
+        raise NetlinkError("tcx position %s %s a relative link" % (position, "needs" if relative else "takes no"))
+    flags = {None: 0, "first": bpf_syscall.BPF_F_BEFORE, "last": bpf_syscall.BPF_F_AFTER,
+             "before": bpf_syscall.BPF_F_BEFORE, "after": bpf_syscall.BPF_F_AFTER}[position]
+    return flags | (bpf_syscall.BPF_F_LINK if relative else 0)
+
+
+def tcx_attach(ifname, direction, prog_fd, netns=None, position=None, relative_link_fd=None, expected_revision=0):
+    """Attach SCHED_CLS program `prog_fd` to the tcx `direction` hook of `ifname`. position None appends it after
+    the programs already there; "first"/"last" put it in front of/behind all of them; "before"/"after" right
+    before/after the program of the tcx link `relative_link_fd` (a link on the same hook). A nonzero
+    expected_revision makes the kernel refuse (ESTALE) unless the hook is still at that revision.
+    Returns the bpf link fd: the program stays attached while the fd is open or the link is pinned. Raises
+    bpf_syscall.BpfError when the kernel refuses (EINVAL on kernels without tcx, ENOENT for a relative that is
+    not on this hook, EEXIST for a program already on it)."""
     _check_direction(direction)
+    flags = _tcx_flags(position, relative_link_fd)
     with in_netns(netns):
         index = _ifindex_here(ifname, netns)
-        return bpf_syscall.link_create(prog_fd, index, TCX_ATTACH_TYPES[direction])
+        return bpf_syscall.link_create(prog_fd, index, TCX_ATTACH_TYPES[direction], flags=flags,
+                                       relative_fd=relative_link_fd or 0, expected_revision=expected_revision)
 
 
 def tcx_query(ifname, direction, netns=None):

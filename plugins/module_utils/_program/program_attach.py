@@ -10,6 +10,7 @@ import errno
 import os
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs, libc
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import tcx_order
 
 NETLINK_KINDS = ("xdp", "tc")
 LINK_KINDS = ("tcx", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry", "fexit", "lsm", "cgroup")
@@ -58,6 +59,8 @@ def describe(spec):
     if kind in ("xdp", "tc", "tcx"):
         where = spec["interface"] + (" in netns %s" % spec["netns"] if spec.get("netns") else "")
         extra = spec.get("direction") or spec.get("mode")
+        if spec.get("order"):
+            extra += ", " + tcx_order.describe(spec["order"])
         return "%s on %s (%s)" % (kind, where, extra)
     if kind == "cgroup":
         return "cgroup %s on %s" % (spec["cgroup_type"], spec["path"])
@@ -127,7 +130,7 @@ def is_attached(spec, prog_id, link):
     if kind == "xdp":
         try:
             state = _xdp_state(spec)
-        except Exception:
+        except (OSError, _netlink().NetlinkError):  # the interface or netns is gone, or netlink refused
             return False
         if (state["prog_id"] or 0) != prog_id:
             return False
@@ -135,7 +138,7 @@ def is_attached(spec, prog_id, link):
     if kind == "tc":
         try:
             return slot_holder(spec) == prog_id
-        except Exception:
+        except (OSError, _netlink().NetlinkError):  # the interface or netns is gone, or netlink refused
             return False
     return bool(link) and link.get("prog_id") == prog_id and link_matches(spec, link)
 
@@ -187,8 +190,9 @@ def detach_netlink(spec, expected_prog_ids):
     return True
 
 
-def create_link(spec, prog_fd):
-    """Create the bpf link for a link kind; returns the link fd (the caller pins it, then closes it)."""
+def create_link(spec, prog_fd, pin_root=None, state_dir=None):
+    """Create the bpf link for a link kind; returns the link fd (the caller pins it, then closes it). A tcx
+    spec with an order is placed there (tcx_order.attach; a relative is looked up under pin_root)."""
     kind = spec["type"]
     if kind == "raw_tracepoint":
         return bs.raw_tracepoint_open(spec["target"], prog_fd)
@@ -201,6 +205,8 @@ def create_link(spec, prog_fd):
         finally:
             os.close(cg)
     if kind == "tcx":
+        if spec.get("order"):
+            return tcx_order.attach(spec, prog_fd, pin_root, state_dir)
         return _netlink().tcx_attach(spec["interface"], spec["direction"], prog_fd, netns=spec.get("netns"))
     if kind in ("tracepoint", "kprobe", "kretprobe"):
         from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import perf
@@ -215,7 +221,11 @@ def create_link(spec, prog_fd):
     raise AttachError("cannot attach %s" % kind)
 
 
-def can_update_link(old_spec, new_spec, link):
-    """link_update swaps the program behind an existing link atomically when the attach point is the same."""
-    return bool(link) and old_spec == new_spec and link_matches(new_spec, link) and \
-        new_spec["type"] in ("tcx", "cgroup")  # the link types with BPF_LINK_UPDATE
+def can_update_link(old_spec, new_spec, link, pin_root=None, state_dir=None):
+    """link_update swaps the program behind an existing link atomically when the attach point is the same (for an
+    ordered tcx program: and the link is in its position; else a new link goes there, see tcx_order). A changed
+    order that the link's position already satisfies keeps the link where it is."""
+    if not (bool(link) and tcx_order.same_point(old_spec, new_spec) and link_matches(new_spec, link) and
+            new_spec["type"] in ("tcx", "cgroup")):  # the link types with BPF_LINK_UPDATE
+        return False
+    return tcx_order.in_position(new_spec, link.get("prog_id"), pin_root, state_dir)

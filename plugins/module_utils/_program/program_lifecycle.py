@@ -29,6 +29,7 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layo
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_attach as pa
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state as ps
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import tcx_order
 
 
 class ApplyError(Exception):
@@ -94,6 +95,8 @@ class Program(object):
         if out["state"] != "absent":
             out.update(object=rec.get("object"), sha256=rec.get("sha256"), program=rec.get("program"),
                        attach=rec.get("attach"), kernel=self.live.summary())
+            if tcx_order.of(rec.get("attach")):
+                out["position"] = tcx_order.position(rec["attach"], self.live.prog_id)  # where it runs now
         return out
 
     def in_sync(self, want):
@@ -107,6 +110,8 @@ class Program(object):
             return False
         if sorted(rec.get("maps", {}).items()) != sorted(live.maps.items()):
             return False
+        if not tcx_order.in_position(want["attach"], live.prog_id, self.pin_root, self.state_dir):
+            return False  # an ordered tcx program out of its place on the hook is moved (tcx_order)
         return True
 
     def check_slot(self, spec, force):
@@ -264,7 +269,8 @@ class Program(object):
                 undo.append(lambda: pa.detach_netlink(spec, set([new_id])))
             return False
         old_spec = (self.record or {}).get("attach")
-        if self.live.link and self.live.prog_id and pa.can_update_link(old_spec, spec, self.live.link):
+        updatable = pa.can_update_link(old_spec, spec, self.live.link, self.pin_root, self.state_dir)
+        if self.live.link and self.live.prog_id and updatable:
             link_fd = bs.obj_get(os.path.join(self.dir, layout.PIN_LINK))
             old_fd = bs.get_fd_by_id("prog", self.live.link["prog_id"])
             try:
@@ -282,7 +288,7 @@ class Program(object):
                     bs.close(old_fd)
             undo.append(back)
             return False
-        link_fd = pa.create_link(spec, prog_fd)
+        link_fd = pa.create_link(spec, prog_fd, self.pin_root, self.state_dir)
         try:
             bs.obj_pin(link_fd, os.path.join(stage, layout.PIN_LINK))
         finally:
@@ -303,7 +309,9 @@ class Program(object):
         self._swap_maps(os.path.join(stage, layout.PIN_MAPS))
         link = os.path.join(self.dir, layout.PIN_LINK)
         if link_new:
+            replaced = tcx_order.open_replaced(spec, link)  # tcx: the old link, detached now, not when freed
             os.rename(os.path.join(stage, layout.PIN_LINK), link)
+            tcx_order.detach(replaced)
         elif want["state"] != "attached" or spec["type"] in pa.NETLINK_KINDS:
             _unlink(link)
         owned = set(self.live.owned_prog_ids) | set([new_id])

@@ -17,6 +17,7 @@ import os
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import kernel_info
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_spec as spec_mod
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_attach as pa
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import tcx_order
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common.params import with_defaults
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.program_lifecycle import ApplyError, Program
@@ -35,7 +36,11 @@ ARGUMENT_SPEC = dict(
         tc=dict(type="dict", options=dict(_IF, direction=dict(type="str", choices=["ingress", "egress"],
                                                               default="ingress"),
                                           priority=dict(type="int", default=1))),
-        tcx=dict(type="dict", options=dict(_IF, direction=dict(type="str", choices=["ingress", "egress"]))),
+        tcx=dict(type="dict", options=dict(_IF, direction=dict(type="str", choices=["ingress", "egress"]),
+                                           order=dict(type="dict", options=dict(
+                                               first=dict(type="bool"), last=dict(type="bool"),
+                                               before=dict(type="str"), after=dict(type="str")),
+                                               mutually_exclusive=[list(tcx_order.POSITIONS)]))),
         tracepoint=dict(type="str"), raw_tracepoint=dict(type="str"), kprobe=dict(type="str"),
         kretprobe=dict(type="str"), fentry=dict(type="str"), fexit=dict(type="str"), lsm=dict(type="str"),
         cgroup=dict(type="dict", options=dict(path=dict(type="path", required=True),
@@ -79,8 +84,9 @@ def errors():
 
 
 class ProgramRun(object):
-    def __init__(self, params, check_mode=False):
+    def __init__(self, params, check_mode=False, planned=None):
         self.check_mode = check_mode
+        self.planned = planned
         self.p = params
         self.obj = None
         self.spec = None
@@ -172,6 +178,8 @@ class ProgramRun(object):
             prog.check_slot(want["attach"], p["force"])
         if self.spec:
             gate(self.spec)  # before any change (and in check mode, so it predicts the refusal too)
+        if p["state"] == "attached":
+            tcx_order.check(want["attach"], prog.pin_root, prog.name, p["state_dir"], self.planned)  # a relative: managed, same hook
         if not self.check_mode:
             prog.converge(want, p["object"], self.obj, force=p["force"])
             after["kernel"] = prog.live.summary()
@@ -195,14 +203,16 @@ class ProgramRun(object):
 REQUIRED_IF = [("state", "attached", ("object",)), ("state", "loaded", ("object",))]
 
 
-def apply(params, check_mode=False):
+def apply(params, check_mode=False, planned=None):
     """Converge one program to `params` (ebpf_program's options; defaults filled in). Returns the result dict;
-    raises one of errors() for a clear refusal with the host unchanged."""
+    raises one of errors() for a clear refusal with the host unchanged. planned: {name: attach spec} of the
+    programs a run of several (ebpf_state) applies before this one, which a tcx order may name before they are
+    managed (check mode only: when this one is applied, they are)."""
     params = with_defaults(params, ARGUMENT_SPEC)
     for key, value, needed in REQUIRED_IF:
         if params[key] == value and any(params[n] is None for n in needed):
             raise spec_mod.SpecError("state is %s but missing: %s" % (value, ", ".join(needed)))
-    runner = ProgramRun(params, check_mode)
+    runner = ProgramRun(params, check_mode, planned)
     try:
         return runner.run()
     finally:

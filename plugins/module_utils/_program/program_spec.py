@@ -187,6 +187,10 @@ def normalize(attach, section):
             out["priority"] = int(value.get("priority") or 1)
         else:
             out["direction"] = value.get("direction") or implied.get("direction") or "ingress"
+            from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import tcx_order
+            order = tcx_order.normalize(value.get("order"))
+            if order:
+                out["order"] = order  # only when given: an unordered program's record stays as it was
         return out
     if kind == "cgroup":
         if not isinstance(value, dict) or not value.get("path"):

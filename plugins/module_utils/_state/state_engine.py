@@ -67,9 +67,9 @@ class HostOps(object):
         from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock
         return lock.HostLock()  # re-entrant: program_runner and map_runner take it again inside
 
-    def apply_program(self, params, check_mode):
+    def apply_program(self, params, check_mode, planned=None):
         from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_runner
-        return program_runner.apply(params, check_mode)
+        return program_runner.apply(params, check_mode, planned)
 
     def apply_entries(self, params, check_mode):
         from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_runner
@@ -233,7 +233,11 @@ class Engine(object):
                 self.set_aside.append(w.name)
 
     def _gate_one(self, w):
-        res = self._try(w.name, self.ops.apply_program, dict(w.program), True)
+        # the programs gated before this one, as they will be attached: a tcx order may name one of them
+        planned = dict((n, r.get("attach")) for n, r in self.predicted.items()
+                       if n not in self.set_aside and n not in self.pruned and r.get("attach"))
+        res = self._try(w.name, lambda params, check: self.ops.apply_program(params, check, planned=planned),
+                        dict(w.program), True)
         self.predicted[w.name] = res
         entry = self._entry(w.name, res)
         for m in w.maps:

@@ -26,6 +26,7 @@ TRAFFIC = {
     "xdp_counter": ("xdp_stats", TRAFFIC_UDP),
     "tc_counter": ("tc_stats", TRAFFIC_UDP),
     "tcx_counter": ("tc_stats", TRAFFIC_UDP),
+    "tcx_first": ("next_stats", TRAFFIC_UDP),
     "tp_openat": ("openat_count", "for i in 1 2 3 4 5 6 7 8 9 10; do cat /etc/hostname >/dev/null; done"),
     "rawtp_sys_enter": ("sys_enter_count", "for i in 1 2 3 4 5; do true; done; ls / >/dev/null"),
     "kprobe_unlinkat": ("unlink_count", "for i in 1 2 3; do touch /tmp/hm-unlink-$i; rm /tmp/hm-unlink-$i; done"),
@@ -132,7 +133,28 @@ def test_tcx_gating(result):
     major, minor = [int(x) for x in result["release"].split(".")[:2]]
     expect = (major, minor) >= (6, 6)
     assert result["features"]["tcx"]["supported"] == expect
-    assert result["programs"]["tcx_counter"]["outcome"] == ("attached" if expect else "refused")
+    for name in ("tcx_counter", "tcx_first"):
+        assert result["programs"][name]["outcome"] == ("attached" if expect else "refused"), name
+
+
+def test_tcx_order(host, result):
+    """Two tcx programs on hm-b egress run in the declared order: tcx_first (tc_next, order first: true, hands
+    every packet on) before tcx_counter (tc_counter, appended, its TC_ACT_OK ends the hook's run), so the same
+    datagrams move both counters; appended behind the counter, tcx_first would see none of them. Skipped where
+    ebpf_facts says tcx does not work (below 6.6), with its reason."""
+    tcx = result["features"]["tcx"]
+    if not tcx["supported"]:
+        pytest.skip("ebpf_facts: tcx not supported in this guest: %s" % tcx.get("reason"))
+    progs = dict((n, result["programs"][n]) for n in ("tcx_first", "tcx_counter"))
+    assert all(p["outcome"] == "attached" for p in progs.values()), progs
+    links = dict((n, bpftool(host, "link", "show", "pinned", "%s/%s/link" % (PIN_ROOT, n))) for n in progs)
+    assert links["tcx_first"].get("ifindex") == links["tcx_counter"].get("ifindex"), links  # one hook
+    paths = {"tcx_first": "%s/tcx_first/maps/next_stats" % PIN_ROOT,
+             "tcx_counter": "%s/tcx_counter/maps/tc_stats" % PIN_ROOT}
+    before = dict((n, map_total(host, p)) for n, p in paths.items())
+    host.check_output(TRAFFIC_UDP)
+    moved = dict((n, map_total(host, p) - before[n]) for n, p in paths.items())
+    assert moved["tcx_counter"] > 0 and moved["tcx_first"] > 0, moved
 
 
 def test_pins_and_kernel_objects(host, result):

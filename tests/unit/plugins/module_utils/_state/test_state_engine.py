@@ -71,7 +71,7 @@ class FakeHost(object):
             return {"state": "absent"}
         return {"state": params["state"], "sha256": params["sha256"], "attach": params["attach"]}
 
-    def apply_program(self, params, check_mode):
+    def apply_program(self, params, check_mode, planned=None):
         assert self.lock_depth == 1
         name = params["name"]
         self.log.append(("program", name, check_mode))
@@ -148,7 +148,7 @@ class MapCreatingHost(FakeHost):
         FakeHost.__init__(self)
         self.maps_of = maps_of
 
-    def apply_program(self, params, check_mode):
+    def apply_program(self, params, check_mode, planned=None):
         res = FakeHost.apply_program(self, params, check_mode)
         if res["changed"] and not check_mode and params["state"] != "absent":
             for m in self.maps_of.get(params["name"], []):
