@@ -205,6 +205,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common.lock import LockTimeout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.netlink import NetlinkError
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import inventory
@@ -213,8 +214,8 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import inv
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            pin_root=dict(type="path", default=inventory.DEFAULT_PIN_ROOT),
-            state_dir=dict(type="path", default=inventory.DEFAULT_STATE_DIR),
+            pin_root=dict(type="path", default=layout.PIN_ROOT),
+            state_dir=dict(type="path", default=layout.STATE_DIR),
             netns=dict(type="list", elements="str", default=[]),
             stats=dict(type="bool", default=False),
             stats_seconds=dict(type="float", default=0),

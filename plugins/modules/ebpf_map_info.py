@@ -212,6 +212,7 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import pyca
 # the module_utils below: compiled once per host, not on every run
 pycache.use_host_copy("ebpf_map_info")
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout  # noqa: E402
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_codec  # noqa: E402
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_file  # noqa: E402
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_wait  # noqa: E402
@@ -247,7 +248,7 @@ def main():
             path=dict(type="path"),
             name=dict(type="str"),
             map=dict(type="str"),
-            pin_root=dict(type="path", default=pinned_map.DEFAULT_PIN_ROOT),
+            pin_root=dict(type="path", default=layout.PIN_ROOT),
             keys=dict(type="list", elements="raw", no_log=False),  # map keys, not secrets
             key_format=dict(type="str", choices=list(map_codec.FORMATS), default="auto"),
             value_format=dict(type="str", choices=list(map_codec.FORMATS), default="auto"),

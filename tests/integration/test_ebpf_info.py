@@ -18,6 +18,7 @@ from test_ebpf_map_common import bpftool_json, drop_program, module, ping, progr
 
 pytestmark = needs_root
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout  # noqa: E402
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs  # noqa: E402
 
 
@@ -196,8 +197,7 @@ def _sysctl():
 
 
 def _marker():
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock
-    return os.path.join(os.path.dirname(lock.LOCK_PATH), "bpf_stats_enabled.ours")
+    return os.path.join(layout.RUN_DIR, "bpf_stats_enabled.ours")
 
 
 def _old_kernel_child(seconds, mode):
@@ -243,13 +243,12 @@ def test_sysctl_fallback_in_check_mode_is_not_used(sysctl_off):
 
 def test_sysctl_fallback_runs_under_the_lock_and_a_kill_is_put_back_by_the_next_run(sysctl_off):
     import fcntl
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock
     child = _old_kernel_child(30, "real")
     try:
         line = child.stdout.readline()
         assert line.strip() == "WINDOW", (line, child.stderr.read() if not line else "")
         assert _sysctl() == "1" and os.path.exists(_marker())
-        fd = os.open(lock.LOCK_PATH, os.O_RDONLY)
+        fd = os.open(layout.LOCK_PATH, os.O_RDONLY)
         try:
             with pytest.raises(BlockingIOError):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the host lock is held while the sysctl is ours

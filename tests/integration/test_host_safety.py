@@ -129,7 +129,7 @@ def refused(result, *needles):
 # ---- defect 1: the lock -------------------------------------------------------------------------------------
 
 def test_a_user_cannot_hold_or_plant_the_lock_and_root_runs_at_once(fresh_root):
-    assert os.path.dirname(lock.LOCK_PATH) == lock.LOCK_DIR != "/run/lock"
+    assert os.path.dirname(layout.LOCK_PATH) == layout.RUN_DIR != "/run/lock"
     # the attack of the issue: hold a shared flock on the old path (0644 in the 1777 /run/lock), a planted file
     # or a link there are the same route; none of them is what root takes any more
     old = "/run/lock/hypermesh-ebpf.lock"
@@ -137,19 +137,19 @@ def test_a_user_cannot_hold_or_plant_the_lock_and_root_runs_at_once(fresh_root):
         pass  # root's directory exists (as after any run)
     holders = []
     try:
-        for path in (old, lock.LOCK_PATH):
+        for path in (old, layout.LOCK_PATH):
             holders.append(subprocess.Popen(NOBODY + ["flock", "-s", path, "sleep", "infinity"],
                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
         time.sleep(0.5)
         assert holders[0].poll() is None, "the attack on the old path is not running"
         assert holders[1].poll() not in (None, 0), "uid 65534 could open root's lock file"
         assert "Permission denied" in holders[1].stderr.read().decode()
-        for attempt in (["touch", lock.LOCK_PATH + ".planted"], ["ln", "-s", "/etc/passwd", lock.LOCK_DIR + "/x"],
+        for attempt in (["touch", layout.LOCK_PATH + ".planted"], ["ln", "-s", "/etc/passwd", layout.RUN_DIR + "/x"],
                         ["mkdir", "/run/hypermesh-ebpf-planted"]):
             assert as_nobody(*attempt).returncode != 0, attempt
-        st = os.lstat(lock.LOCK_DIR)
+        st = os.lstat(layout.RUN_DIR)
         assert stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o700
-        contents = sorted(os.listdir(lock.LOCK_DIR))
+        contents = sorted(os.listdir(layout.RUN_DIR))
 
         host = Host()
         start = time.monotonic()
@@ -161,7 +161,7 @@ def test_a_user_cannot_hold_or_plant_the_lock_and_root_runs_at_once(fresh_root):
         assert took < 60, "root's runs waited %.0f s while uid 65534 held the old lock" % took
         os.rmdir(fresh_root)
         host.assert_unchanged()
-        assert sorted(os.listdir(lock.LOCK_DIR)) == contents
+        assert sorted(os.listdir(layout.RUN_DIR)) == contents
     finally:
         for proc in holders:
             if proc.poll() is None:

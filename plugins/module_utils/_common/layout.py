@@ -34,3 +34,4 @@ FEATURES_MEMO = RUN_DIR + "/features.json"  # kernel features found supported, f
 # ---- systemd ----------------------------------------------------------------------------------------------------
 REAPPLY_UNIT = "hypermesh-ebpf-reapply.service"  # the boot-time re-apply unit
 UNIT_DIR = "/etc/systemd/system"  # where ebpf_state writes that unit
+REAPPLY_UNIT_PATH = UNIT_DIR + "/" + REAPPLY_UNIT  # the unit file itself

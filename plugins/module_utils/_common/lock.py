@@ -21,8 +21,6 @@ import time
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import host_paths
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 
-LOCK_DIR = layout.RUN_DIR
-LOCK_PATH = layout.LOCK_PATH
 REENTRANT = True
 _HOLDS = {}  # path -> how many HostLocks of this process hold it now
 
@@ -50,7 +48,7 @@ def _open(path):
 class HostLock(object):
     """with HostLock(): ...  Waits up to `timeout` seconds for another run to finish."""
 
-    def __init__(self, path=LOCK_PATH, timeout=300.0):
+    def __init__(self, path=layout.LOCK_PATH, timeout=300.0):
         self.path = path
         self.timeout = timeout
         self.fd = None

@@ -14,8 +14,11 @@ compiles them there (__pycache__, per Python
 version, written even under PYTHONDONTWRITEBYTECODE: the directory is ours, not a source tree) and puts that
 directory first in the package's search path, so later runs load the bytecode as for any installed library.
 A module missing there is still found in the zip. The directory is root's and writable by no one else (it
-holds code run as root); when it is not so, cannot be made, or anything else goes wrong, the imports simply
-stay in the zip.
+holds code run as root); when it is not so or the host refuses to write it (OSError: read-only, full), the
+imports stay in the zip. Anything else (a source that does not compile, a zip pycache cannot read) is raised:
+it would be a bug, and the module fails loudly instead of running slower unseen. Why it depends on AnsiballZ:
+it finds the zip through the package's loader (`archive`) and `__path__`, as zipimport sets them on every
+supported ansible-core (tests/integration/test_smoke.py checks the copy on each, scripts/core_range.sh).
 Outside AnsiballZ (tests, the boot-time re-apply: ordinary files with their own bytecode cache) it does
 nothing. It is a cache of code the module runs anyway, so it is kept in check mode too. Importable without
 ansible.
@@ -28,7 +31,6 @@ import time
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 
-CACHE_ROOT = layout.PYCACHE_ROOT
 PRUNE_AFTER = 86400     # seconds
 PACKAGE = __name__.rsplit(".", 2)[0]       # ansible_collections.hypermesh.ebpf.plugins.module_utils
 
@@ -73,9 +75,9 @@ def _build(root, target, sources):
                 f.write(data)
         _compile(tmp)
         os.rename(tmp, target)
-    except Exception:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not _ours(target):       # another run may have won the rename: that copy is as good
+        if not (isinstance(e, OSError) and _ours(target)):  # another run may have won the rename: as good
             raise
     # copies made more than a day ago for other versions of the collection (or for other modules, whose sets
     # of module_utils differ), leftovers of killed runs; one still in use is made again on its next run
@@ -114,7 +116,7 @@ def _own_dir(path):
     return _ours(path)
 
 
-def use_host_copy(module, root=CACHE_ROOT, package=PACKAGE):
+def use_host_copy(module, root=layout.PYCACHE_ROOT, package=PACKAGE):
     """Import the rest of `package` from the host copy of module `module` (see the module doc). Returns the
     directory used, or None when the imports stay where they are."""
     pkg = sys.modules.get(package)
@@ -138,7 +140,7 @@ def use_host_copy(module, root=CACHE_ROOT, package=PACKAGE):
         if not _ours(target):
             return None
         _compile(target)
-    except Exception:  # an optimisation only: whatever went wrong, the imports stay in the zip
+    except OSError:  # the host's state (read-only, full, not ours): an optimisation only, the imports stay in the zip
         return None
     if target not in path:
         path.insert(0, target)

@@ -14,6 +14,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_codec
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_file
@@ -24,7 +25,7 @@ ARGUMENT_SPEC = dict(
     path=dict(type="path"),
     name=dict(type="str"),
     map=dict(type="str"),
-    pin_root=dict(type="path", default=pinned_map.DEFAULT_PIN_ROOT),
+    pin_root=dict(type="path", default=layout.PIN_ROOT),
     entries=dict(type="list", elements="dict", default=[]),
     src=dict(type="path"),
     report_keys=dict(type="bool", default=True),

@@ -56,7 +56,6 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import pinned
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state
 
 DEFAULT_OUT_NAME = "hypermesh_ebpf.prom"
-DEFAULT_PIN_ROOT = layout.PIN_ROOT
 DEFAULT_MAX_ENTRIES = 1024
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -281,7 +280,7 @@ def _parser():
     p.add_argument("--out", required=True, help="the textfile directory (node_exporter's "
                                                 "--collector.textfile.directory)")
     p.add_argument("--name", default=DEFAULT_OUT_NAME, help="file name in it (default %(default)s)")
-    p.add_argument("--pin-root", default=DEFAULT_PIN_ROOT, help="bpffs directory of the programs (%(default)s)")
+    p.add_argument("--pin-root", default=layout.PIN_ROOT, help="bpffs directory of the programs (%(default)s)")
     p.add_argument("--state-dir", default=layout.STATE_DIR, help="state records' directory (%(default)s)")
     p.add_argument("--host", default=None, help="value of the host label (default: this host's name)")
     p.add_argument("--key-format", action="append", default=[], metavar="PROGRAM/MAP=FORMAT",

@@ -30,7 +30,6 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layo
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_codec
 
-DEFAULT_PIN_ROOT = layout.PIN_ROOT
 BATCH_BYTES = 32 * 1024 * 1024  # at most this much key+value buffer per BPF_MAP_LOOKUP_BATCH
 ARRAY_TYPES = ("array", "percpu_array", "prog_array", "perf_event_array", "cgroup_array", "array_of_maps")
 
@@ -45,7 +44,7 @@ def _is_pin_name(value):
         and value not in (".", "..")
 
 
-def map_path(path=None, name=None, map_name=None, pin_root=DEFAULT_PIN_ROOT):
+def map_path(path=None, name=None, map_name=None, pin_root=layout.PIN_ROOT):
     """The pinned path of a map: `path` as given, else the program NAME's map (or the shared one).
 
     Raises MapError naming what is there when the program or its map cannot be found."""

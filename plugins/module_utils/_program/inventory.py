@@ -30,9 +30,6 @@ from contextlib import contextmanager
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 
-DEFAULT_PIN_ROOT = layout.PIN_ROOT
-SHARED = layout.SHARED
-DEFAULT_STATE_DIR = layout.STATE_DIR
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 STATS_MARKER = None  # None: bpf_stats_enabled.ours next to the host lock (a test points it elsewhere)
 _INFO = {"prog": bs.prog_info, "map": bs.map_info, "link": bs.link_info}
@@ -52,7 +49,7 @@ def _pinned_kind(fd):
     return None
 
 
-def managed_index(pin_root=DEFAULT_PIN_ROOT, names=None):
+def managed_index(pin_root=layout.PIN_ROOT, names=None):
     """{(kind, id): {"name": managed name, "pin": path}} for every object pinned under pin_root (only under the
     directories in `names` and `_shared` when names is given)."""
     index = {}
@@ -63,7 +60,7 @@ def managed_index(pin_root=DEFAULT_PIN_ROOT, names=None):
         if rel == ".":
             continue
         name = rel.split(os.sep, 1)[0]
-        if names is not None and name != SHARED and name not in names:
+        if names is not None and name != layout.SHARED and name not in names:
             continue
         for fname in files:
             path = os.path.join(root, fname)
@@ -151,8 +148,7 @@ def _marker_path():
     """Where the sysctl fallback notes that it turned statistics on (next to the host lock, root only)."""
     if STATS_MARKER:
         return STATS_MARKER
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock
-    return os.path.join(os.path.dirname(lock.LOCK_PATH), "bpf_stats_enabled.ours")
+    return os.path.join(layout.RUN_DIR, "bpf_stats_enabled.ours")
 
 
 def _put_back_left_on():
@@ -224,7 +220,7 @@ def _open_managed_progs(names, pin_root):
     return fds
 
 
-def wait_for_runs(names, pin_root=DEFAULT_PIN_ROOT, timeout=0, interval=0.1):
+def wait_for_runs(names, pin_root=layout.PIN_ROOT, timeout=0, interval=0.1):
     """Poll (statistics must be on) until every managed program in `names` has run since this call began, or
     `timeout` seconds passed. Returns {"ran": {name: runs counted}, "stalled": [names], "missing": [names not
     pinned], "waited": seconds}. Only bpf(2) calls while polling: the wait itself runs no program."""
@@ -278,8 +274,8 @@ def interfaces(netns=None):
     return out
 
 
-def collect(pin_root=DEFAULT_PIN_ROOT, netns=None, stats=False, stats_seconds=0, wait_for=None, check_mode=False,
-            state_dir=DEFAULT_STATE_DIR):
+def collect(pin_root=layout.PIN_ROOT, netns=None, stats=False, stats_seconds=0, wait_for=None, check_mode=False,
+            state_dir=layout.STATE_DIR):
     """Everything ebpf_info returns. netns: list of namespace names (the current one is always included).
     wait_for: managed program names to wait for (stats on, at most stats_seconds), see wait_for_runs.
     Managed means: a directory under pin_root with a state record of ours in state_dir (program_state.managed_names)."""

@@ -17,7 +17,6 @@ import os
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import atomic_file
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 
-MEMO_PATH = layout.FEATURES_MEMO
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
@@ -53,7 +52,7 @@ def _write(path, boot, supported):
 
 def require(features, memo_path=None):
     """Raise probes.Unsupported (the collection's refusal) unless every feature in `features` is supported."""
-    path = memo_path or MEMO_PATH
+    path = memo_path or layout.FEATURES_MEMO
     boot = _boot_id()
     known = _read(path, boot) if boot else set()
     missing = [f for f in features if f not in known]

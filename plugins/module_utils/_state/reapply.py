@@ -47,8 +47,8 @@ import sys
 import time
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common.params import ParamError, validate, without_none
 
-DESIRED = layout.DESIRED
 VERSION = 1
 
 
@@ -110,32 +110,46 @@ def _map_option(name, pin_root, i, mparams):
 def to_options(entry):
     """(pin_root, one programs option of ebpf_state) for one saved entry; raises DesiredError when the engine
     cannot take it."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_runner
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._state import state_params
     params = entry["program"]
     name = params["name"]
-    pin_root = params.get("pin_root") or state_params.DEFAULT_PIN_ROOT
+    pin_root = params.get("pin_root") or layout.PIN_ROOT
     unknown = sorted(set(params) - set(_program_keys()) - set(["pin_root"]))
     if unknown:
         raise DesiredError("unsupported program parameter(s) %s" % ", ".join(unknown))
-    option = dict((k, params[k]) for k in _program_keys() if params.get(k) is not None)
-    option["maps"] = [_map_option(name, pin_root, i, m) for i, m in enumerate(entry.get("maps") or [])]
-    option["health"] = {"check": "none"}
-    # the same checks ebpf_state makes, for this program alone: a bad entry must not keep the others back
+    # the checks AnsibleModule makes with the same spec constants (ebpf_program's, then ebpf_state's), then
+    # ebpf_state's own, for this program alone: a bad entry must not keep the others back
     try:
+        checked = validate(without_none(params), program_runner.ARGUMENT_SPEC, required_if=program_runner.REQUIRED_IF)
+        option = dict((k, _as_given(params[k], checked[k])) for k in _program_keys() if params.get(k) is not None)
+        option["maps"] = [_map_option(name, pin_root, i, m) for i, m in enumerate(entry.get("maps") or [])]
+        option["health"] = {"check": "none"}
+        state = {"programs": [option], "pin_root": pin_root}
+        option = _as_given(option, validate(without_none(state), state_params.ARGUMENT_SPEC)["programs"][0])
         state_params.parse({"programs": [option], "pin_root": pin_root})
-    except state_params.StateError as e:
+    except (ParamError, state_params.StateError) as e:
         raise DesiredError(str(e))
     return pin_root, option
+
+
+def _as_given(given, checked):
+    """`checked`'s values (converted as AnsibleModule converts them) in the shape of `given`: the keys the saved
+    entry has, a saved None kept as None."""
+    if isinstance(given, dict) and isinstance(checked, dict):
+        return dict((k, None if v is None else _as_given(v, checked.get(k))) for k, v in given.items())
+    if isinstance(given, list) and isinstance(checked, list) and len(given) == len(checked):
+        return [_as_given(g, c) for g, c in zip(given, checked)]
+    return checked
 
 
 def plan(doc):
     """The saved programs grouped by pin root, in the file's order: ([(pin_root, [option, ...])], errors) where
     errors maps (pin_root, name) to why an entry cannot be re-applied."""
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils._state import state_params
     roots, options, errors = [], {}, {}
     for entry in doc["programs"]:
         name = entry["program"]["name"]
-        pin_root = entry["program"].get("pin_root") or state_params.DEFAULT_PIN_ROOT
+        pin_root = entry["program"].get("pin_root") or layout.PIN_ROOT
         if pin_root not in options:
             roots.append(pin_root)
             options[pin_root] = []
@@ -261,7 +275,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="hypermesh-ebpf-reapply",
                                      description="Re-apply the host's eBPF desired state saved by "
                                                  "hypermesh.ebpf's ebpf_state (run at boot by %s)." % layout.REAPPLY_UNIT)
-    parser.add_argument("--desired", default=DESIRED, help="desired state file (default %(default)s)")
+    parser.add_argument("--desired", default=layout.DESIRED, help="desired state file (default %(default)s)")
     parser.add_argument("--state-dir", default=layout.STATE_DIR,
                         help="the modules' records directory, ebpf_state's state_dir (default %(default)s)")
     parser.add_argument("--check", action="store_true", help="only report what would change")

@@ -41,12 +41,8 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import host_paths
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 
-OBJECTS_DIR = layout.OBJECTS_DIR
-LIB_DIR = layout.LIB_DIR
 CODE_PATH = ("ansible_collections", "hypermesh", "ebpf", "plugins", "module_utils")
 REAPPLY = "ansible_collections.hypermesh.ebpf.plugins.module_utils._state.reapply"
-UNIT_NAME = layout.REAPPLY_UNIT
-UNIT_PATH = layout.UNIT_DIR + "/" + UNIT_NAME
 SYSTEMD_RUN_DIR = "/run/systemd/system"  # a directory only on a host booted with systemd (sd_booted)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -404,7 +400,7 @@ def _systemctl(runner, args):
     return out
 
 
-def plan_unit(text, path=UNIT_PATH, runner=None):
+def plan_unit(text, path=layout.REAPPLY_UNIT_PATH, runner=None):
     """(write, enable): whether the unit file differs from `text` (or is not a regular file of ours), whether
     the unit is not enabled (a masked one is left as the administrator set it)."""
     runner = runner or systemctl
@@ -417,7 +413,7 @@ def plan_unit(text, path=UNIT_PATH, runner=None):
     return data != text.encode("utf-8"), state != "enabled" and not state.startswith("masked")
 
 
-def install_unit(text, write, enable, path=UNIT_PATH, runner=None):
+def install_unit(text, write, enable, path=layout.REAPPLY_UNIT_PATH, runner=None):
     """Write the unit (0644, atomically; then daemon-reload) and enable it, as plan_unit decided."""
     runner = runner or systemctl
     if write:
@@ -438,9 +434,9 @@ class Install(object):
     rest() (code and unit, only predicted in check mode) after the transaction committed."""
 
     def __init__(self, params, state_dir=None, runner=None, python=None, systemd_dir=SYSTEMD_RUN_DIR,
-                 unit_path=UNIT_PATH):
-        self.objects_dir = params.get("objects_dir") or OBJECTS_DIR
-        self.lib_dir = params.get("lib_dir") or LIB_DIR
+                 unit_path=layout.REAPPLY_UNIT_PATH):
+        self.objects_dir = params.get("objects_dir") or layout.OBJECTS_DIR
+        self.lib_dir = params.get("lib_dir") or layout.LIB_DIR
         self.runner = runner
         self.unit_path = unit_path
         persist = params.get("persist", True)

@@ -18,11 +18,6 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import pro
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common.params import with_defaults
 
-DEFAULT_PIN_ROOT = layout.PIN_ROOT
-DEFAULT_DESIRED = layout.DESIRED
-DEFAULT_OBJECTS_DIR = layout.OBJECTS_DIR
-DEFAULT_LIB_DIR = layout.LIB_DIR
-DEFAULT_STATE_DIR = layout.STATE_DIR
 HEALTH_CHECKS = ("run_count", "counter", "none")
 
 MAP_SPEC = dict(
@@ -63,19 +58,19 @@ REAPPLY_CODE_SPEC = dict(
 )
 ARGUMENT_SPEC = dict(
     programs=dict(type="list", elements="dict", default=[], options=_PROGRAM_OPTIONS),
-    objects_dir=dict(type="path", default=DEFAULT_OBJECTS_DIR),
+    objects_dir=dict(type="path", default=layout.OBJECTS_DIR),
     objects=dict(type="list", elements="dict", default=[], options=OBJECT_SPEC),
     reapply_code=dict(type="dict", options=REAPPLY_CODE_SPEC),
-    lib_dir=dict(type="path", default=DEFAULT_LIB_DIR),
+    lib_dir=dict(type="path", default=layout.LIB_DIR),
     reapply_unit=dict(type="bool", default=True),
-    pin_root=dict(type="path", default=DEFAULT_PIN_ROOT),
-    state_dir=dict(type="path", default=DEFAULT_STATE_DIR),
+    pin_root=dict(type="path", default=layout.PIN_ROOT),
+    state_dir=dict(type="path", default=layout.STATE_DIR),
     prune=dict(type="bool", default=False),
     rollback=dict(type="bool", default=True),
     health_checks=dict(type="str", choices=["changed", "all", "none"], default="changed"),
     health_timeout=dict(type="float", default=30.0),
     persist=dict(type="bool", default=True),
-    desired=dict(type="path", default=DEFAULT_DESIRED),
+    desired=dict(type="path", default=layout.DESIRED),
 )
 
 

@@ -90,6 +90,64 @@ def f(d):
                                                (8, "os.path.join(..., 'maps')"), (8, "os.path.join(..., 'prog')")]
 
 
+def _of_layout(value, known=()):
+    """True for layout.X, or a string sum of layout names, constants and aliases already `known` (layout.A + "/"
+    + NAME). A container of them (program_spec.RESERVED = (layout.SHARED,)) names a new thing, not a copy."""
+    if isinstance(value, ast.Attribute):
+        return isinstance(value.value, ast.Name) and value.value.id == "layout"
+    if isinstance(value, ast.Name):
+        return value.id in known
+    if isinstance(value, ast.BinOp):
+        leaves = (value.left, value.right)
+        return all(_of_layout(v, known) or isinstance(v, ast.Constant) for v in leaves) and \
+            any(_of_layout(v, known) for v in leaves)
+    return False
+
+
+def aliases(path, text):
+    """[(line, name)] of the module-level copies of layout names in `text`: NAME = layout.X (or an expression of
+    layout names only, such as layout.A + "/" + layout.B) and `from ..._common.layout import X`. A caller writes
+    layout.X where it needs it, so that a reader finds one name for one path."""
+    out = []
+    for node in ast.parse(text, path).body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("_common.layout"):
+            out.extend((node.lineno, a.asname or a.name) for a in node.names)
+        if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
+            continue
+        if _of_layout(node.value, [name for _line, name in out]):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            out.extend((node.lineno, getattr(t, "id", ast.dump(t))) for t in targets)
+    return out
+
+
+def test_no_module_level_alias_of_a_layout_name():
+    found = []
+    for path in sources():
+        if path == LAYOUT:
+            continue
+        with open(path) as f:
+            found.extend("%s:%d: %s" % (os.path.relpath(path, TOP), line, name) for line, name in aliases(path, f.read()))
+    assert found == [], "a copy of a layout name (write layout.X where it is used):\n" + "\n".join(found)
+
+
+def test_the_alias_scan_finds_an_alias():
+    src = '''from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common.layout import RUN_DIR
+DEFAULT_PIN_ROOT = layout.PIN_ROOT
+UNIT_PATH = layout.UNIT_DIR + "/" + layout.REAPPLY_UNIT
+OTHER = os.path.join(layout.RUN_DIR, "x")
+RESERVED = (layout.SHARED,)
+NAMED = LOCAL = layout.LOCK_PATH
+UNIT = layout.UNIT_DIR + "/" + NAMED
+NOT_ONE = OTHER + "/x"
+def f(pin_root=layout.PIN_ROOT):
+    root = layout.PIN_ROOT
+    return root
+'''
+    assert aliases("x.py", src) == [(2, "RUN_DIR"), (3, "DEFAULT_PIN_ROOT"), (4, "UNIT_PATH"), (7, "NAMED"),
+                                    (7, "LOCAL"), (8, "UNIT")]
+
+
 def test_layout_values():
     """The defaults the docs and the roles name (a change here is a change of the host layout)."""
     assert layout.PIN_ROOT == "/sys/fs/bpf/hypermesh" and layout.SHARED == "_shared"
@@ -99,3 +157,4 @@ def test_layout_values():
     assert layout.LOCK_PATH == "/run/hypermesh-ebpf/lock" and layout.FEATURES_MEMO == "/run/hypermesh-ebpf/features.json"
     assert layout.LIB_DIR == "/usr/lib/hypermesh-ebpf" and layout.PYCACHE_ROOT == "/var/cache/hypermesh-ebpf/pycache"
     assert layout.UNIT_DIR + "/" + layout.REAPPLY_UNIT == "/etc/systemd/system/hypermesh-ebpf-reapply.service"
+    assert layout.REAPPLY_UNIT_PATH == layout.UNIT_DIR + "/" + layout.REAPPLY_UNIT

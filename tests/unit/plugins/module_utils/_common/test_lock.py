@@ -9,14 +9,15 @@ import sys
 import pytest
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import host_paths
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import lock
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="probe: euid is not 0 (chown to another uid needs root)")
 
 
 def test_the_lock_is_not_in_a_world_writable_directory():
-    assert lock.LOCK_PATH == "/run/hypermesh-ebpf/lock" and os.path.dirname(lock.LOCK_PATH) == lock.LOCK_DIR
-    assert "/run/lock" not in lock.LOCK_PATH
+    assert lock.HostLock().path == layout.LOCK_PATH == "/run/hypermesh-ebpf/lock"
+    assert os.path.dirname(layout.LOCK_PATH) == layout.RUN_DIR and "/run/lock" not in layout.LOCK_PATH
 
 
 def test_lock_makes_a_private_directory_and_a_0600_file(tmp_path):

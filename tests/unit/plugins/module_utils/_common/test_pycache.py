@@ -87,9 +87,22 @@ def test_a_copy_others_can_write_is_not_used(zipped, tmp_path):
     assert os.listdir(str(root)) == []
 
 
-def test_broken_source_leaves_the_imports_in_the_zip(zipped, tmp_path):
+def test_broken_source_is_raised_and_leaves_nothing(zipped, tmp_path):
+    """Not a host condition: a source that does not compile fails loudly (the import would fail anyway)."""
+    import py_compile
     zipped("mu4", {"a.py": "X = (\n"})
-    assert pc.use_host_copy("mod", root=str(tmp_path / "cache"), package="top.mu4") is None
+    with pytest.raises(py_compile.PyCompileError):
+        pc.use_host_copy("mod", root=str(tmp_path / "cache"), package="top.mu4")
+    assert os.listdir(str(tmp_path / "cache" / "mod")) == []  # the temporary copy is gone
+
+
+def test_a_host_that_refuses_the_copy_leaves_the_imports_in_the_zip(zipped, tmp_path):
+    """OSError is the host's state (here: the cache root's parent is a file, ENOTDIR): the zip is used."""
+    zipped("mu7", {"a.py": "X = 7\n"})
+    (tmp_path / "file").write_text("")
+    assert pc.use_host_copy("mod", root=str(tmp_path / "file" / "cache"), package="top.mu7") is None
+    a = importlib.import_module("top.mu7.a")
+    assert a.X == 7 and ".zip" in a.__file__
 
 
 def test_packages_below_the_package_come_from_the_copy_too(zipped, tmp_path):

@@ -42,7 +42,7 @@ class FakeOps(object):
         xdp = (params.get("attach") or {}).get("xdp")
         return xdp and xdp["interface"]
 
-    def apply_program(self, params, check_mode):
+    def apply_program(self, params, check_mode, planned=None):
         key = (params["pin_root"], params["name"])
         self.log.append(("program", params["name"], check_mode))
         if self._interface(params) in self.missing:
@@ -340,7 +340,7 @@ def test_state_dir_is_passed_down(tmp_path, monkeypatch, capsys):
                         lambda: (state_engine.run, lambda state_dir: given.append(state_dir) or host))
     real = host.apply_program
     monkeypatch.setattr(host, "apply_program",
-                        lambda params, check: seen.append(params["state_dir"]) or real(params, check))
+                        lambda params, check, planned=None: seen.append(params["state_dir"]) or real(params, check))
     path = _write(tmp_path, ROLE_DOC)
     assert reapply.main(["--desired", path, "--state-dir", "/srv/hm-state", "--retry-seconds", "0"]) == 0
     assert given == ["/srv/hm-state"] and seen and set(seen) == set(["/srv/hm-state"])
@@ -373,3 +373,36 @@ def test_exit_codes(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("doc", [ROLE_DOC, dict(ROLE_DOC, generation=4)])
 def test_both_formats_load(tmp_path, doc):
     assert reapply.load_desired(_write(tmp_path, doc))["programs"] == ROLE_DOC["programs"]
+
+
+# ---- the saved entry goes through the checks AnsibleModule makes (params.validate, the modules' spec constants) ----
+@pytest.mark.parametrize("change,message", [
+    (lambda e: e["program"].update(state="bogus"), "value of state must be one of: attached, loaded, absent, got: bogus"),
+    (lambda e: e["program"].update(force="maybe"), "argument 'force' is of type str and we were unable to convert to bool"),
+    (lambda e: e["program"].update(object=None), "state is attached but all of the following are missing: object"),
+    (lambda e: e["program"]["attach"]["xdp"].update(mode="fast"),
+     "value of mode must be one of: auto, generic, native, offload, got: fast found in attach -> xdp"),
+    (lambda e: e["program"]["attach"].update(tc={"interface": "eth1"}), "parameters are mutually exclusive: xdp|tc|"),
+    (lambda e: e["program"]["attach"]["xdp"].update(interface=None), "missing required arguments: interface found in attach -> xdp"),
+    (lambda e: e["maps"][0].update(state="gone"),
+     "value of state must be one of: present, absent, got: gone found in programs -> maps"),
+    (lambda e: e["maps"][0].update(entries="k"), "Elements value for option 'entries' found in 'programs -> maps'"),
+])
+def test_a_saved_entry_ansiblemodule_would_refuse_is_refused_with_its_message(change, message):
+    import copy
+    bad = copy.deepcopy(ROLE_DOC["programs"][0])
+    change(bad)
+    doc = {"version": 1, "programs": [bad, ROLE_DOC["programs"][1]]}
+    groups, errors = reapply.plan(doc)
+    assert message in errors[(PIN, "counter")]
+    assert [o["name"] for _r, opts in groups for o in opts] == ["openat"]  # the other entry is still applied
+
+
+def test_a_saved_entry_is_converted_as_ansiblemodule_converts_it():
+    import copy
+    entry = copy.deepcopy(ROLE_DOC["programs"][0])
+    entry["program"]["force"] = "no"  # truthy as a string: the engine must get False, as the module would
+    entry["maps"][0]["exact"] = "yes"
+    _pin, option = reapply.to_options(entry)
+    assert option["force"] is False and option["maps"][0]["exact"] is True
+    assert option["attach"] == xdp("eth1")  # the saved shape is kept (netns None stays None)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import host_paths
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._state import state_install as si
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._state import state_params
 
@@ -57,7 +58,7 @@ class Runner(object):
 def host(tmp_path):
     d = {"objects_dir": str(tmp_path / "state" / "objects"), "lib_dir": str(tmp_path / "lib"),
          "desired": str(tmp_path / "etc" / "desired.json"), "systemd": str(tmp_path / "run-systemd"),
-         "unit": str(tmp_path / "systemd" / si.UNIT_NAME), "state": str(tmp_path / "state")}
+         "unit": str(tmp_path / "systemd" / layout.REAPPLY_UNIT), "state": str(tmp_path / "state")}
     return d
 
 
@@ -375,20 +376,20 @@ def test_unit_written_when_it_differs_and_enabled_when_it_is_not(host):
     runner = Runner("disabled")
     out = run(host, runner=runner)
     assert out == {"installed": {"objects": [], "code": False, "unit": True}}
-    assert runner.calls == [["is-enabled", si.UNIT_NAME], ["daemon-reload"], ["enable", si.UNIT_NAME]]
+    assert runner.calls == [["is-enabled", layout.REAPPLY_UNIT], ["daemon-reload"], ["enable", layout.REAPPLY_UNIT]]
     text = si.unit_text("/usr/bin/python3", host["lib_dir"], host["state"], host["desired"])
     assert open(host["unit"]).read() == text and mode(host["unit"]) == 0o644
     # the same again: only asked
     before = os.lstat(host["unit"])
     runner.calls = []
     assert run(host, runner=runner)["installed"]["unit"] is False
-    assert runner.calls == [["is-enabled", si.UNIT_NAME]]
+    assert runner.calls == [["is-enabled", layout.REAPPLY_UNIT]]
     assert os.lstat(host["unit"]).st_mtime_ns == before.st_mtime_ns
     # another content (another lib_dir): written and reloaded, not enabled again
     runner.calls = []
     host["lib_dir"] = host["lib_dir"] + "2"
     assert run(host, runner=runner)["installed"]["unit"] is True
-    assert runner.calls == [["is-enabled", si.UNIT_NAME], ["daemon-reload"]]
+    assert runner.calls == [["is-enabled", layout.REAPPLY_UNIT], ["daemon-reload"]]
     assert "Environment=PYTHONPATH=%s\n" % host["lib_dir"] in open(host["unit"]).read()
 
 
@@ -396,7 +397,7 @@ def test_unit_check_mode_predicts_and_writes_nothing(host):
     os.mkdir(host["systemd"])
     runner = Runner("disabled")
     assert run(host, check_mode=True, runner=runner)["installed"]["unit"] is True
-    assert runner.calls == [["is-enabled", si.UNIT_NAME]] and not os.path.exists(host["unit"])
+    assert runner.calls == [["is-enabled", layout.REAPPLY_UNIT]] and not os.path.exists(host["unit"])
 
 
 def test_unit_a_damaged_file_is_written_again(host):
@@ -412,7 +413,7 @@ def test_unit_masked_is_left_masked(host):
     os.mkdir(host["systemd"])
     runner = Runner("masked")
     run(host, runner=runner)
-    assert ["enable", si.UNIT_NAME] not in runner.calls
+    assert ["enable", layout.REAPPLY_UNIT] not in runner.calls
 
 
 def test_unit_not_without_systemd_persist_or_reapply_unit(host):
@@ -472,6 +473,6 @@ def test_documentation_of_the_new_options_matches_the_spec():
     assert set(doc) == set(spec)
     for key in ("objects_dir", "objects", "reapply_code", "lib_dir", "reapply_unit"):
         _same({key: doc[key]}, {key: spec[key]}, key)
-    assert spec["objects_dir"]["default"] == si.OBJECTS_DIR and spec["lib_dir"]["default"] == si.LIB_DIR
+    assert spec["objects_dir"]["default"] == layout.OBJECTS_DIR and spec["lib_dir"]["default"] == layout.LIB_DIR
     assert spec["objects"]["options"]["content"]["no_log"] is True
     assert spec["reapply_code"]["options"]["files"]["options"]["content"]["no_log"] is True
