@@ -143,8 +143,10 @@ def parse(params):
         if prog["name"] in seen:
             raise StateError("program %s is listed more than once" % prog["name"])
         seen.add(prog["name"])
-        if prog["state"] != "absent" and not prog.get("object"):
-            raise StateError("program %s: object is required when state is %s" % (prog["name"], prog["state"]))
+        for key, value, needed in program_runner.REQUIRED_IF:  # ebpf_program's own rule, not a copy of it
+            if prog.get(key) == value and any(not prog.get(n) for n in needed):
+                raise StateError("program %s: %s is required when %s is %s"
+                                 % (prog["name"], ", ".join(needed), key, value))
         unknown = sorted(set(prog) - set(_PROGRAM_OPTIONS))
         if unknown:
             raise StateError("program %s: unsupported option(s) %s" % (prog["name"], ", ".join(unknown)))

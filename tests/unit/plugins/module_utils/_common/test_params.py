@@ -107,7 +107,7 @@ def _same(message):
     return re.sub(r"^Unsupported parameters: ", "", message)
 
 
-@pytest.mark.parametrize("case,given", BAD, ids=[repr(g)[:60] for _, g in BAD])
+@pytest.mark.parametrize("case,given", BAD, ids=[repr(case_given[1])[:60] for case_given in BAD])
 def test_validate_refuses_what_ansiblemodule_refuses(case, given):
     theirs = [_same(m) for m in _ansible(case, given).error_messages]
     assert theirs, "ansible accepts %r: not a bad input" % (given,)
@@ -117,7 +117,7 @@ def test_validate_refuses_what_ansiblemodule_refuses(case, given):
     assert _same(str(e.value)) in theirs
 
 
-@pytest.mark.parametrize("case,given", GOOD, ids=[repr(g)[:60] for _, g in GOOD])
+@pytest.mark.parametrize("case,given", GOOD, ids=[repr(case_given[1])[:60] for case_given in GOOD])
 def test_validate_accepts_and_converts_as_ansiblemodule_does(case, given):
     result = _ansible(case, given)
     assert result.error_messages == []
