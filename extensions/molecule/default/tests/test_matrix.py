@@ -147,8 +147,12 @@ def test_tcx_order(host, result):
         pytest.skip("ebpf_facts: tcx not supported in this guest: %s" % tcx.get("reason"))
     progs = dict((n, result["programs"][n]) for n in ("tcx_first", "tcx_counter"))
     assert all(p["outcome"] == "attached" for p in progs.values()), progs
-    links = dict((n, bpftool(host, "link", "show", "pinned", "%s/%s/link" % (PIN_ROOT, n))) for n in progs)
-    assert links["tcx_first"].get("ifindex") == links["tcx_counter"].get("ifindex"), links  # one hook
+    # the kernel's whole link list: `link show pinned` prints a tcx link, then may exit 255 (files/check_rollout.py)
+    listed = dict((l["id"], l) for l in bpftool(host, "link", "show") or [])
+    links = dict((n, listed.get(p["link_id"])) for n, p in progs.items())
+    assert all(l and l.get("type") == "tcx" for l in links.values()), (progs, links)
+    assert links["tcx_first"]["ifindex"] == links["tcx_counter"]["ifindex"], links  # one hook
+    assert links["tcx_first"]["attach_type"] == links["tcx_counter"]["attach_type"] == "tcx_egress", links
     paths = {"tcx_first": "%s/tcx_first/maps/next_stats" % PIN_ROOT,
              "tcx_counter": "%s/tcx_counter/maps/tc_stats" % PIN_ROOT}
     before = dict((n, map_total(host, p)) for n, p in paths.items())
