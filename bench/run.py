@@ -26,7 +26,15 @@ def load(path):
     return mod
 
 
+def host_mounts():
+    """bpffs and tracefs, mounted as the integration tests mount them (a fresh machine may have neither)."""
+    sys.path.insert(0, os.path.dirname(HERE))
+    from tests.integration.test_ebpf_program_common import mounts
+    mounts()
+
+
 def main(argv):
+    host_mounts()
     rows, failed = [], False
     for path in sorted(glob.glob(os.path.join(HERE, "bench_*.py"))):
         if argv and not any(a in os.path.basename(path) for a in argv):
