@@ -97,8 +97,8 @@ def apply_entries(params, check_mode=False, diff=False):
             plan = pinned_map.plan(pm, wanted, p["state"], p["exact"])
             changed = bool(plan["deletes"] or plan["updates"])
             if changed and pm.read_only:
-                raise pinned_map.MapError("map %s is read-only from user space (%s); nothing was written" % (
-                    path, "frozen with BPF_MAP_FREEZE" if pm.frozen else "BPF_F_RDONLY in its map_flags"))
+                raise pinned_map.MapError(
+                    "map %s is read-only from user space (frozen with BPF_MAP_FREEZE); nothing was written" % path)
             if changed and not check_mode:
                 pm.apply(plan["deletes"], plan["updates"], plan["previous"])
             added = [k for k, _v in plan["updates"] if plan["before"][k] is None]

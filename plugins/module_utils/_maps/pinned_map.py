@@ -109,7 +109,9 @@ class PinnedMap(object):
         else:
             self.buf_size = self.value_size
         self.is_array = self.type_name in ARRAY_TYPES
-        self.read_only = self.frozen or bool(self.info.get("map_flags", 0) & bs.BPF_F_RDONLY)
+        # frozen is the only read-only state a map keeps: BPF_F_RDONLY belongs to the fd that asked for it, and
+        # the kernel does not report it in map_flags
+        self.read_only = self.frozen
         self.btf = None
         if self.info.get("btf_id"):
             self.btf = self._load_btf(self.info["btf_id"])
@@ -244,8 +246,7 @@ class PinnedMap(object):
         deleted) and MapError is raised. Array maps cannot delete: their "deleted" entries are zeroed.
         `previous` ({key: buffer or None}, from plan()) saves looking each updated key up again."""
         if self.read_only:
-            raise MapError("map %s is read-only from user space (%s)" % (
-                self.path, "frozen" if self.frozen else "BPF_F_RDONLY in its map_flags"))
+            raise MapError("map %s is read-only from user space (frozen with BPF_MAP_FREEZE)" % self.path)
         undo = []  # (key, previous buffer or None)
         try:
             for key in deletes:

@@ -158,7 +158,7 @@ def test_apply_without_batch_support_goes_one_by_one(fake):
 def test_frozen_map_refuses_before_writing(fake):
     pm, m = fake()
     pm.frozen = pm.read_only = True
-    with pytest.raises(pmod.MapError, match="read-only from user space \\(frozen\\)"):
+    with pytest.raises(pmod.MapError, match="read-only from user space \\(frozen with BPF_MAP_FREEZE\\)"):
         pm.apply([], [(k(1), v(1))])
     assert m.calls == []
 
