@@ -29,7 +29,7 @@ def load(path):
 def host_mounts():
     """bpffs and tracefs, mounted as the integration tests mount them (a fresh machine may have neither)."""
     sys.path.insert(0, os.path.dirname(HERE))
-    from tests.integration.test_ebpf_program_common import mounts
+    from tests.conftest import mounts
     mounts()
 
 

@@ -1,6 +1,8 @@
 """Shared test helpers.
 
 - Makes `ansible_collections.hypermesh.ebpf` importable from the working tree (scripts/bootstrap.sh links it).
+- `mounts()` (and, as root, once per session before any test): bpffs at /sys/fs/bpf and tracefs, which systemd
+  mounts at boot and a fresh machine of ours may lack.
 - `run_module`: runs one of the collection's modules through real Ansible against localhost and returns the
   module's result dict. This is the path an operator uses; tests go through it rather than importing modules.
 """
@@ -16,6 +18,21 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTIONS = os.path.join(TOP, ".cache", "collections")
 if COLLECTIONS not in sys.path:
     sys.path.insert(0, COLLECTIONS)
+
+
+def mounts():
+    with open("/proc/mounts") as f:
+        text = f.read()
+    if " /sys/fs/bpf bpf " not in text:
+        subprocess.check_call(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"])
+    if " tracefs " not in text:
+        subprocess.check_call(["mount", "-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_mounts():
+    if os.geteuid() == 0:
+        mounts()
 
 
 def ansible_module(module, args=None, check=False, diff=False, env=None):

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tests.conftest import COLLECTIONS, TOP, ansible_module
+from tests.conftest import COLLECTIONS, TOP, ansible_module, mounts
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 
@@ -125,15 +125,6 @@ def counter(path):
         return struct.unpack_from("=Q", raw, 0)[0]
     step = ((info["value_size"] + 7) // 8) * 8
     return sum(struct.unpack_from("=Q", raw, off)[0] for off in range(0, len(raw), step))
-
-
-def mounts():
-    with open("/proc/mounts") as f:
-        text = f.read()
-    if " /sys/fs/bpf bpf " not in text:
-        subprocess.check_call(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"])
-    if " tracefs " not in text:
-        subprocess.call(["mount", "-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
 
 
 def ns_exec(netns, *cmd):
