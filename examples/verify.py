@@ -22,7 +22,9 @@ namespaces, the cgroup) is removed at the end, also on failure.
 
 fentry and lsm programs need BPF trampolines; a kernel that refuses them
 (EPERM at load, as the 6.18 kernel of our CI does) is reported, not failed.
-Kprobes are loaded only: attaching needs CONFIG_KPROBES.
+Kprobes are loaded only: attaching needs CONFIG_KPROBES. uprobe_counter is loaded
+only here (its attach point is a binary the user names: the ebpf_program
+integration tests attach it, tests/integration/test_ebpf_program_uprobe.py).
 """
 import ctypes
 import ctypes.util
@@ -55,6 +57,7 @@ CONTRACT = {
     "rawtp_sys_enter": ({"count_sys_enter": "raw_tracepoint"},
                         {"sys_enter_count": ("percpu_array", 4, 8, 1)}),
     "kprobe_unlinkat": ({"kprobe_unlinkat": "kprobe"}, {"unlink_count": ("array", 4, 8, 1)}),
+    "uprobe_counter": ({"uprobe_counter": "kprobe"}, {"uprobe_count": ("array", 4, 8, 1)}),
     "cgroup_egress": ({"cgroup_egress_bytes": "cgroup_skb"},
                       {"egress_bytes": ("percpu_array", 4, 16, 1)}),
     "fentry_unlinkat": ({"fentry_unlinkat": "tracing"}, {"fentry_count": ("array", 4, 8, 1)}),

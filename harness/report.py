@@ -16,8 +16,8 @@ import os
 import time
 
 ORDER = ["bullseye", "bullseye-lsm", "bookworm", "trixie", "sid", "custom"]
-FEATURES = ["xdp", "tc", "tcx", "tracepoint", "raw_tracepoint", "kprobe", "fentry", "cgroup", "lsm",
-            "bpf_link", "perf_link", "ringbuf", "btf", "bpf_stats"]
+FEATURES = ["xdp", "tc", "tcx", "tracepoint", "raw_tracepoint", "kprobe", "uprobe", "fentry", "cgroup", "lsm",
+            "global_data", "bpf_link", "perf_link", "ringbuf", "btf", "bpf_stats"]
 
 
 def _rank(name):

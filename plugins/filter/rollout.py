@@ -27,7 +27,7 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._state.state_instal
 
 INVALID = "ebpf_programs is not valid, nothing changed: "
 ATTACH_POINTS = ("xdp", "tc", "tcx", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry", "fexit",
-                 "lsm", "cgroup")
+                 "lsm", "cgroup", "uprobe", "uretprobe")
 MAP_KEYS = ("map", "entries", "state", "exact", "key_format", "value_format")
 HEALTH_KEYS = ("check", "map", "key", "field", "key_format", "value_format", "timeout")
 
@@ -153,6 +153,11 @@ def rollout_plan(ebpf_programs, playbook_dir, objects_dir, module_utils_dir, hea
                    "attach": attach, "force": bool(p.get("force", False)),
                    "maps": _maps(name, p.get("maps"), problems),
                    "health": _health(name, p.get("health"), health_timeout, problems)}
+        if p.get("globals") is not None:  # only when given: the plan of a program without them stays as it was
+            if isinstance(p["globals"], dict):
+                program["globals"] = dict(p["globals"])
+            else:
+                problems.append("%s: globals must be a dict of {variable: value}" % name)
         out.append(program)
     if problems:
         raise AnsibleFilterError(INVALID + "; ".join(problems))

@@ -44,8 +44,8 @@ options:
       - Features to probe (default all). Ignored unless O(gather) includes C(features) or C(all).
     type: list
     elements: str
-    choices: [xdp, tc, tcx, tracepoint, raw_tracepoint, kprobe, fentry, cgroup, lsm, bpf_link, perf_link,
-              ringbuf, btf, bpf_stats]
+    choices: [xdp, tc, tcx, tracepoint, raw_tracepoint, kprobe, uprobe, fentry, cgroup, lsm, bpf_link, perf_link,
+              ringbuf, btf, bpf_stats, global_data]
   private_mounts:
     description:
       - Allow mounting securityfs or tracefs in a private, throw-away mount namespace to read what an
@@ -218,10 +218,10 @@ ansible_facts:
         features:
           description:
             - One entry per probed feature (C(xdp), C(tc), C(tcx), C(tracepoint), C(raw_tracepoint), C(kprobe),
-              C(fentry), C(cgroup), C(lsm), C(bpf_link), C(perf_link), C(ringbuf), C(btf), C(bpf_stats)), each
-              with C(supported) (bool), C(probed) (false when the kernel could not be asked, for example
-              without CAP_BPF; C(supported) is then false), C(reason) (what the probe saw) and C(min_kernel)
-              (the upstream release that brought the feature, from the collection's requirements table).
+              C(uprobe), C(fentry), C(cgroup), C(lsm), C(bpf_link), C(perf_link), C(ringbuf), C(btf), C(bpf_stats),
+              C(global_data)), each with C(supported) (bool), C(probed) (false when the kernel could not be
+              asked, for example without CAP_BPF; C(supported) is then false), C(reason) (what the probe saw) and
+              C(min_kernel) (the upstream release that brought the feature, from the collection's requirements table).
             - An unsupported feature also has C(message), the collection's refusal text (the same the modules
               fail with) - the feature, the kernel release, the reason and what the feature needs.
           returned: when O(gather) includes C(features)

@@ -11,10 +11,10 @@ short_description: Load, pin and attach an eBPF program from an ELF object, or r
 description:
   - Loads one program of an ELF object with the host's libbpf, pins it and its maps under
     C(<pin_root>/<name>/), attaches it (XDP and tc through netlink; tcx, tracepoint, raw_tracepoint, kprobe,
-    fentry/fexit, LSM and cgroup through pinned bpf links, so the attachment outlives the module).
+    uprobe, fentry/fexit, LSM and cgroup through pinned bpf links, so the attachment outlives the module).
   - The kernel is the source of truth. Only what the kernel cannot tell (the object's digest, the program name,
     the attach point) is recorded in C(<state_dir>/programs/<name>.json) (O(state_dir)).
-  - A changed object or attach point replaces the program atomically where the kernel allows (XDP replace,
+  - A changed object, attach point or O(globals) replaces the program atomically where the kernel allows (XDP replace,
     tc filter replace, BPF_LINK_UPDATE for tcx and cgroup links).
   - Every feature is gated by the same probes as M(hypermesh.ebpf.ebpf_facts) before anything changes. A
     feature found supported is remembered until the next boot (C(/run/hypermesh-ebpf/features.json)); a
@@ -111,6 +111,36 @@ options:
             choices: [ingress, egress, sock_create, sock_ops, device, bind4, bind6, connect4, connect6, sysctl]
             description: Attach type (default from the section).
         description: cgroup bpf link.
+      uprobe:
+        type: dict
+        description:
+          - A uprobe at the start of a function (or at a file offset) of an executable or shared library, through
+            a pinned perf-event link (kernel 5.15+; the uprobe perf PMU, 4.17+).
+          - The binary is read (to find the function) and handed to the kernel only when no other user can have
+            planted it or can change it - the file and every directory up to C(/) owned by root and writable by no
+            one else, no symbolic link on the way - else the run is refused with nothing changed.
+          - The function's offset is looked up on every run; a binary rebuilt or replaced at the same path is
+            attached again (the kernel keeps a uprobe on the file it found when it was attached).
+        suboptions:
+          path: {type: path, required: true, description: Absolute path of the executable or shared library.}
+          symbol:
+            type: str
+            description: Function name in the binary's C(.symtab) or C(.dynsym) (STT_FUNC, defined in it).
+              Exactly one of O(attach.uprobe.symbol) and O(attach.uprobe.offset).
+          offset:
+            type: int
+            description: File offset of the probed instruction, inside an executable segment of the binary.
+          pid:
+            type: int
+            description: Only this process (it must exist when the probe is attached); every process when omitted.
+      uretprobe:
+        type: dict
+        description: A uretprobe (the function's return), with the options of O(attach.uprobe).
+        suboptions:
+          path: {type: path, required: true, description: Absolute path of the executable or shared library.}
+          symbol: {type: str, description: Function name in the binary (exactly one of symbol and offset).}
+          offset: {type: int, description: File offset of the function's entry (in an executable segment).}
+          pid: {type: int, description: Only this process; every process when omitted.}
   pin_root:
     description: bpffs directory under which programs are pinned. Must be on a mounted bpffs.
     type: path
@@ -125,6 +155,19 @@ options:
     description: Take over an XDP or tc slot held by a program this collection did not attach for O(name).
     type: bool
     default: false
+  globals:
+    description:
+      - Values for the object's global variables (C(const volatile) ones in C(.rodata), and those in C(.data)
+        and C(.bss)), variable name to value, set before the program is loaded; variables not listed keep the
+        values they were compiled with. Needs kernel 5.2+ (feature C(global_data) of M(hypermesh.ebpf.ebpf_facts)).
+      - Each value is typed by the variable's BTF type - an integer (a number or C(0x..) text, range-checked), a
+        bool, an enum (a name or a number), a struct (a dict), an array (a list), a char array (a string); an
+        unsigned integer or byte array of 4, 16 or 6 bytes also takes an IPv4, IPv6 or MAC address as text,
+        stored in network byte order (as map keys with C(ipv4), C(ipv6), C(mac)); a byte array takes hex.
+      - An unknown name or a value that does not fit is refused with nothing changed.
+      - Other values replace the program atomically, as a changed object does; the values are kept in the record
+        and shown in the diff and RV(globals) (normalised, for example C(0x35) as C(53)).
+    type: dict
 extends_documentation_fragment:
   - hypermesh.ebpf.attributes
 attributes:
@@ -149,6 +192,22 @@ EXAMPLES = r"""
   hypermesh.ebpf.ebpf_program:
     name: openat
     state: absent
+
+- name: Drop UDP datagrams to port 9 (the object's const volatile drop_port), set at load time
+  hypermesh.ebpf.ebpf_program:
+    name: port-drop
+    object: /usr/local/lib/bpf/xdp_port_drop.bpf.o
+    attach:
+      xdp: {interface: eth0}
+    globals:
+      drop_port: 9
+
+- name: Count calls of a function of a root-owned binary, in every process that runs it
+  hypermesh.ebpf.ebpf_program:
+    name: tick-counter
+    object: /usr/local/lib/bpf/uprobe_counter.bpf.o
+    attach:
+      uprobe: {path: /usr/local/bin/ticker, symbol: hm_tick}
 
 - name: A tcx filter that runs before the managed program tcx-counter on eth0 (kernel 6.6+)
   hypermesh.ebpf.ebpf_program:
@@ -187,6 +246,12 @@ attach:
   description: The attach point, normalised.
   returned: when attached
   type: dict
+globals:
+  description: The values of the object's global variables set by O(globals), normalised (predicted in check
+    mode; C({}) when O(globals) was dropped and the program goes back to the compiled values).
+  returned: when O(globals) is set, or was set before
+  type: dict
+  sample: {drop_port: 9}
 verifier_log:
   description: Tail of the verifier log when the kernel rejected the program.
   returned: on verifier rejection

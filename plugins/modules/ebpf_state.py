@@ -123,11 +123,47 @@ options:
                 choices: [ingress, egress, sock_create, sock_ops, device, bind4, bind6, connect4, connect6, sysctl]
                 description: Attach type (default from the section).
             description: cgroup bpf link.
+          uprobe:
+            type: dict
+            description:
+              - A uprobe at the start of a function (or at a file offset) of an executable or shared library, through
+                a pinned perf-event link (kernel 5.15+; the uprobe perf PMU, 4.17+).
+              - The binary is read (to find the function) and handed to the kernel only when no other user can have
+                planted it or can change it - the file and every directory up to C(/) owned by root and writable by no
+                one else, no symbolic link on the way - else the run is refused with nothing changed.
+              - The function's offset is looked up on every run; a binary rebuilt or replaced at the same path is
+                attached again (the kernel keeps a uprobe on the file it found when it was attached).
+            suboptions:
+              path: {type: path, required: true, description: Absolute path of the executable or shared library.}
+              symbol:
+                type: str
+                description: Function name in the binary's C(.symtab) or C(.dynsym) (STT_FUNC, defined in it).
+                  Exactly one of O(programs[].attach.uprobe.symbol) and O(programs[].attach.uprobe.offset).
+              offset:
+                type: int
+                description: File offset of the probed instruction, inside an executable segment of the binary.
+              pid:
+                type: int
+                description: Only this process (it must exist when the probe is attached); every process when omitted.
+          uretprobe:
+            type: dict
+            description: A uretprobe (the function's return), with the options of O(programs[].attach.uprobe).
+            suboptions:
+              path: {type: path, required: true, description: Absolute path of the executable or shared library.}
+              symbol: {type: str, description: Function name in the binary (exactly one of symbol and offset).}
+              offset: {type: int, description: File offset of the function's entry (in an executable segment).}
+              pid: {type: int, description: Only this process; every process when omitted.}
       force:
         description: Take over an XDP or tc slot held by a program this collection did not attach for
           O(programs[].name).
         type: bool
         default: false
+      globals:
+        description:
+          - Values for the object's global variables (C(.rodata), C(.data), C(.bss)), variable name to value, set
+            before load and typed by their BTF types, as M(hypermesh.ebpf.ebpf_program) takes them; other values
+            replace the program atomically. An unknown name or a value that does not fit refuses the run.
+        type: dict
       maps:
         description: Map entries to declare once the program is in place (the options of
           M(hypermesh.ebpf.ebpf_map) for a map of this program).

@@ -20,7 +20,7 @@ pytestmark = needs_root
 
 OBJECTS = os.path.join(TOP, "examples", "objects")
 ALWAYS_HERE = ["xdp", "tc", "tracepoint", "raw_tracepoint", "tcx", "cgroup", "bpf_link", "perf_link", "ringbuf",
-               "btf", "bpf_stats"]
+               "btf", "bpf_stats", "global_data", "uprobe"]
 
 
 def run_facts(args=None, check=False, prefix=None, python=None):
@@ -118,6 +118,7 @@ def test_kprobe_not_supported_because_no_kprobes(facts):
     assert result["supported"] is False and result["probed"] is True
     assert "kprobes" in result["reason"] and "CONFIG_KPROBES" in result["reason"]
     assert not os.path.exists("/sys/bus/event_source/devices/kprobe")
+    assert os.path.exists("/sys/bus/event_source/devices/uprobe/type")  # uprobes have a PMU of their own
     assert result["message"].startswith("kprobe programs are not supported on kernel %s: the kernel was built "
                                         "without kprobes" % os.uname().release)
     assert "; kprobe needs kernel >= 4.1 built with CONFIG_KPROBES" in result["message"]
@@ -233,9 +234,9 @@ def test_subsets():
 
 
 def test_bad_feature_name_is_a_clear_error():
-    result, _unused = run_facts({"features": ["uprobe"]})
+    result, _unused = run_facts({"features": ["usdt"]})
     assert result["_status"].startswith("FAILED")
-    assert "uprobe" in result["msg"] and "features" in result["msg"]
+    assert "usdt" in result["msg"] and "features" in result["msg"]
 
 
 # ---------------------------------------------------------------- hardware

@@ -9,6 +9,9 @@ planted, redirected or be able to change them; and trees under the pin root remo
   (a sticky ancestor such as a 1777 bpffs mount is fine: nobody can rename or remove what is ours in it), none is
   a symbolic link, and path itself (when it exists) is ours and writable by no one else.
 - make_own_dir(path): mkdir 0700, or the existing one, which must be ours (a planted one is refused).
+- open_trusted_file(path): a read-only fd on a regular file root may read and hand to the kernel by its path (a
+  binary a uprobe goes into): its directory passes check_dir_chain, the file is root's (or ours) and writable by
+  no one else, opened without following a link and checked again on the open fd.
 - remove_bpf_tree(path, fs_type): the whole tree checked first (through directory descriptors, O_NOFOLLOW: no symbolic
   link, every entry ours, every directory on bpffs), then unlinked entry by entry relative to its directory.
 Every refusal is UnsafePath (an OSError: the modules report it as a failure with the host unchanged), whose
@@ -25,6 +28,7 @@ import stat
 
 BPF_FS_MAGIC = 0xcafe4a11
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
 class UnsafePath(OSError):
@@ -119,6 +123,57 @@ def check_dir_chain(path):
         if problem:
             raise UnsafePath(current, problem)
     return True
+
+
+def file_problem(st):
+    """What makes a file (its lstat or fstat) unfit for root to read or to hand to the kernel, or None: a link,
+    not a regular file, owned by another user than root (or us), writable by group or others."""
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    problem = _owner_problem(st, set([0, os.geteuid()]))
+    if problem:
+        return problem
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        return "is writable by group or others (mode %04o)" % mode
+    return None
+
+
+def open_trusted_file(path):
+    """An O_RDONLY descriptor (the caller closes it) on the regular file `path`, which no other user can have
+    planted or can change: `path` is absolute without '..', every directory from / to its own passes
+    check_dir_chain, the file passes file_problem, and the open descriptor (O_NOFOLLOW) is that same file.
+    UnsafePath otherwise; OSError ENOENT when it does not exist."""
+    if not path or not os.path.isabs(path) or ".." in path.split("/"):
+        raise UnsafePath(path, "is not an absolute path without '..'")
+    path = os.path.normpath(path)
+    if not check_dir_chain(os.path.dirname(path)):
+        raise OSError(errno.ENOENT, "%s does not exist" % path)
+    st = _lstat(path)
+    if st is None:
+        raise OSError(errno.ENOENT, "%s does not exist" % path)
+    problem = file_problem(st)
+    if problem:
+        raise UnsafePath(path, problem)
+    try:
+        fd = os.open(path, _FILE_FLAGS)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafePath(path, "is a symbolic link")
+        raise
+    try:
+        opened = os.fstat(fd)
+        if not os.path.samestat(opened, st):
+            raise UnsafePath(path, "changed while it was checked")
+        problem = file_problem(opened)
+        if problem:
+            raise UnsafePath(path, problem)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _open_dir(name, dir_fd, shown):

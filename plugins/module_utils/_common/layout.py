@@ -18,6 +18,9 @@ PIN_PROG = "prog"  # <pin_root>/<name>/prog: the program
 PIN_LINK = "link"  # <pin_root>/<name>/link: its BPF link, when attached through one
 PIN_MAPS = "maps"  # <pin_root>/<name>/maps/<map>: its own maps
 
+# ---- kernel interfaces ---------------------------------------------------------------------------------------
+UPROBE_PMU = "/sys/bus/event_source/devices/uprobe"  # the uprobe perf PMU: its type and format/retprobe bit
+
 # ---- persistent state -----------------------------------------------------------------------------------------
 STATE_DIR = "/var/lib/hypermesh-ebpf"  # default state_dir: the modules' records and the rolled-out objects
 RECORDS = "programs"  # <state_dir>/programs/<name>.json: the record of each managed program

@@ -37,6 +37,7 @@ import errno
 import os
 import struct
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bpf
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import kernel_info
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._host.requirements import FEATURES, REQUIREMENTS, refusal
@@ -330,6 +331,15 @@ def _probe_kprobe(host, fds):
         "kprobe perf PMU" if pmu else "tracefs kprobe_events")
 
 
+def _probe_uprobe(host, fds):
+    if host.config_off("CONFIG_UPROBE_EVENTS"):
+        raise _No("the kernel was built without uprobe events (CONFIG_UPROBE_EVENTS is not set): no uprobe perf PMU")
+    if not os.path.isfile(os.path.join(host.root, layout.UPROBE_PMU.lstrip("/"), "type")):
+        raise _No("no uprobe perf PMU at %s (CONFIG_UPROBE_EVENTS off, or a kernel before 4.17)" % layout.UPROBE_PMU)
+    _load(host, fds, bpf.BPF_PROG_TYPE_KPROBE, "kprobe", _TRACE, kern_version=_kern_version(host.version))
+    return "a minimal kprobe-type program loads and the uprobe perf PMU is present (%s)" % layout.UPROBE_PMU
+
+
 def _btf_func(host, names):
     btf = host.btf
     for name in names:
@@ -446,6 +456,22 @@ def _probe_ringbuf(host, fds):
     return "a one-page ringbuf map can be created"
 
 
+def _probe_global_data(host, fds):
+    try:
+        value = fds.add(bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, 8, 1, bpf.BPF_F_RDONLY_PROG, name="hm_probe"))
+    except bpf.BpfError as exc:
+        if exc.errno == errno.EINVAL:
+            raise _No("the kernel does not know read-only maps for programs (BPF_F_RDONLY_PROG answers EINVAL)")
+        raise _No(_explain(exc, "creating an array map with BPF_F_RDONLY_PROG", host))
+    insns = bpf.LD_MAP_VALUE(1, value, 0) + bpf.LDX_MEM_W(2, 1, 0) + _TINY
+    try:
+        fds.add(bpf.prog_load(bpf.BPF_PROG_TYPE_XDP, insns, prog_name="hm_probe"))
+    except bpf.BpfError as exc:
+        raise _No(_explain(exc, "a minimal xdp program reading a map value directly (BPF_PSEUDO_MAP_VALUE) does "
+                                "not load", host, _NET))
+    return "a minimal program reads a read-only map's value directly (BPF_PSEUDO_MAP_VALUE, BPF_F_RDONLY_PROG)"
+
+
 def _probe_btf(host, fds):
     path = os.path.join(host.root, VMLINUX_BTF.lstrip("/"))
     try:
@@ -473,9 +499,10 @@ def _probe_bpf_stats(host, fds):
 
 PROBES = {
     "xdp": _probe_xdp, "tc": _probe_tc, "tcx": _probe_tcx, "tracepoint": _probe_tracepoint,
-    "raw_tracepoint": _probe_raw_tracepoint, "kprobe": _probe_kprobe, "fentry": _probe_fentry,
+    "raw_tracepoint": _probe_raw_tracepoint, "kprobe": _probe_kprobe, "uprobe": _probe_uprobe, "fentry": _probe_fentry,
     "cgroup": _probe_cgroup, "lsm": _probe_lsm, "bpf_link": _probe_bpf_link, "perf_link": _probe_perf_link,
     "ringbuf": _probe_ringbuf, "btf": _probe_btf, "bpf_stats": _probe_bpf_stats,
+    "global_data": _probe_global_data,
 }
 
 _RESULTS = {}

@@ -16,6 +16,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
+
 
 REQUIREMENTS = {
     "xdp": {
@@ -51,6 +53,11 @@ REQUIREMENTS = {
         "needs": "built with CONFIG_KPROBES, CONFIG_KPROBE_EVENTS and CONFIG_BPF_EVENTS (the kprobe perf PMU or "
                  "tracefs kprobe_events)",
     },
+    "uprobe": {
+        "min_kernel": "4.17",
+        "what": "uprobe programs",
+        "needs": "built with CONFIG_UPROBE_EVENTS and CONFIG_BPF_EVENTS (the uprobe perf PMU, %s)" % layout.UPROBE_PMU,
+    },
     "fentry": {
         "min_kernel": "5.5",
         "what": "fentry/fexit programs",
@@ -74,13 +81,19 @@ REQUIREMENTS = {
     },
     "perf_link": {
         "min_kernel": "5.15",
-        "what": "perf-event links (pinnable links for tracepoint and kprobe programs)",
+        "what": "perf-event links (pinnable links for tracepoint, kprobe and uprobe programs)",
         "needs": "(BPF_LINK_CREATE with the BPF_PERF_EVENT attach type)",
     },
     "ringbuf": {
         "min_kernel": "5.8",
         "what": "ring buffer maps",
         "needs": "(BPF_MAP_TYPE_RINGBUF)",
+    },
+    "global_data": {
+        "min_kernel": "5.2",
+        "what": "global variables (.rodata, .data, .bss of an object)",
+        "needs": "(direct map value access from programs, BPF_PSEUDO_MAP_VALUE, and read-only maps for .rodata, "
+                 "BPF_F_RDONLY_PROG)",
     },
     "btf": {
         "min_kernel": "5.4",

@@ -133,10 +133,15 @@ BPF_LINK_TYPE_NETNS = 5
 BPF_LINK_TYPE_XDP = 6
 BPF_LINK_TYPE_PERF_EVENT = 7
 BPF_LINK_TYPE_TCX = 11
+# enum bpf_perf_event_type: what a perf_event link's info names (6.6+; 0 before)
+BPF_PERF_EVENT_UPROBE = 1
+BPF_PERF_EVENT_URETPROBE = 2
 
 # ---- flags ------------------------------------------------------------------------------------------------
 BPF_ANY = 0
 BPF_F_RDONLY = 1 << 3
+BPF_F_RDONLY_PROG = 1 << 7  # map_create: programs may only read it (.rodata, 5.2+)
+BPF_PSEUDO_MAP_VALUE = 2  # ld_imm64 src_reg: the address of a map value (global data, 5.2+)
 BPF_F_REPLACE = 1 << 2
 # multi-attach (tcx, 6.6+) positions for BPF_LINK_CREATE: before/after the relative (relative_fd or relative_id),
 # or first/last with no relative; BPF_F_ID: the relative is an id, BPF_F_LINK: the relative is a link
@@ -246,6 +251,15 @@ def MOV64_IMM(dst, imm):
 
 def EXIT():
     return insn(0x95)  # BPF_JMP | BPF_EXIT
+
+
+def LD_MAP_VALUE(dst, map_fd, off):
+    """dst = &value[0] of an array map + off (BPF_LD | BPF_IMM | BPF_DW with BPF_PSEUDO_MAP_VALUE: two slots)."""
+    return insn(0x18, dst=dst, src=BPF_PSEUDO_MAP_VALUE, imm=map_fd) + insn(0, imm=off)
+
+
+def LDX_MEM_W(dst, src, off):
+    return insn(0x61, dst=dst, src=src, off=off)  # BPF_LDX | BPF_MEM | BPF_W: dst = *(u32 *)(src + off)
 
 
 # ---- programs ---------------------------------------------------------------------------------------------
@@ -583,6 +597,10 @@ def link_info(fd):
         out.update(ifindex=ifindex, attach_type=at, attach_type_name=ATTACH_TYPE_NAMES.get(at, str(at)))
     elif ltype == BPF_LINK_TYPE_PERF_EVENT:
         out["perf_event_type"] = struct.unpack_from("=I", raw, 16)[0]
+        if out["perf_event_type"] in (BPF_PERF_EVENT_UPROBE, BPF_PERF_EVENT_URETPROBE):
+            # perf_event.uprobe: file_name (pointer), name_len, offset; asked only of kernels that named the type
+            raw, out["uprobe_path"] = _link_string(fd, 24, 32, size=4096)
+            out["uprobe_offset"] = struct.unpack_from("=I", raw, 36)[0]
     return out
 
 

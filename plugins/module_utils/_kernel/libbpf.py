@@ -10,6 +10,8 @@ Version differences handled here:
 - 0.x returns ERR_PTR-encoded pointers from the open functions, 1.x returns NULL and sets errno
   (`_check_ptr` handles both, with libbpf_get_error for the 0.x case).
 - bpf_object__next_program / bpf_object__next_map exist from 0.7; before, bpf_program__next / bpf_map__next.
+- bpf_map__initial_value (the bytes of a data section's map before load) is newer than 0.3; without it the caller
+  reads them from the ELF object (elf_globals.py). bpf_map__set_initial_value exists in every version we take.
 - `struct bpf_object_open_opts` only grows: `sz`, `object_name`, `relaxed_maps` (+ `relaxed_core_relocs` in 0.x,
   a bool in the same padding), `pin_root_path` at offset 24 in every version. We pass `sz` = 32, which every
   version accepts.
@@ -105,6 +107,8 @@ def _load():
         "bpf_map__max_entries": ([vp], ctypes.c_uint32),
         "bpf_map__map_flags": ([vp], ctypes.c_uint32),
         "bpf_map__def": ([vp], ctypes.POINTER(_MapDef)),
+        "bpf_map__set_initial_value": ([vp, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),  # 0.0.7+
+        "bpf_map__initial_value": ([vp, ctypes.POINTER(ctypes.c_size_t)], vp),  # not in 0.3
         "libbpf_get_error": ([vp], ctypes.c_long),
         "libbpf_strerror": ([ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
         "libbpf_set_print": ([_PRINT_FN], vp),
@@ -326,6 +330,35 @@ class BpfObject(object):
                     raise LibbpfError("cannot reuse map %s: %s" % (name, os.strerror(err)), err, "reuse_fd")
                 return
         raise LibbpfError("map %r not in %s" % (name, self.path), errno_mod.ENOENT, "reuse_fd")
+
+    def _data_map(self, section):
+        """The internal map of data section `section` (".rodata", ".data", ".bss"): libbpf names it
+        "<object name prefix><section>" (0.x cuts the object name to fit 15 characters)."""
+        for m in self._iter("map"):
+            if _text(self.lib.bpf_map__name(m)).endswith(section):
+                return m
+        raise LibbpfError("%s has no %s map" % (self.path, section), errno_mod.ENOENT, "initial_value")
+
+    def initial_value(self, section):
+        """Before load: the bytes libbpf will load into the map of data section `section`, or None when this
+        libbpf cannot tell (no bpf_map__initial_value, as in 0.3: the caller reads the ELF section instead)."""
+        m = self._data_map(section)
+        fn = getattr(self.lib, "bpf_map__initial_value", None)
+        if fn is None:
+            return None
+        size = ctypes.c_size_t(0)
+        ptr = fn(m, ctypes.byref(size))
+        return ctypes.string_at(ptr, size.value) if ptr else None
+
+    def set_initial_value(self, section, data):
+        """Before load: the whole contents of data section `section`'s map (exactly its size), so the program
+        is loaded with these values in its global variables (.rodata is frozen read-only at load)."""
+        m = self._data_map(section)
+        rc = self.lib.bpf_map__set_initial_value(m, bytes(data), len(data))
+        if rc:
+            err = abs(rc)
+            raise LibbpfError("cannot set the initial value of %s in %s (%d bytes): %s"
+                              % (section, self.path, len(data), os.strerror(err)), err, "set_initial_value")
 
     def maps(self):
         """[{"name", "fd", "pinned" (pinned by libbpf: LIBBPF_PIN_BY_NAME), "pin_path"}]."""

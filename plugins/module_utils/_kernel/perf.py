@@ -1,9 +1,10 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""perf_event_open(2) through ctypes: the perf events that tracepoint and kprobe programs attach to.
+"""perf_event_open(2) through ctypes: the perf events that tracepoint, kprobe and uprobe programs attach to.
 
-One job: open a perf event fd for a tracepoint ("category/name", id from tracefs) or a kprobe/kretprobe (the
-kprobe PMU, /sys/bus/event_source/devices/kprobe). The caller turns it into a bpf link with
+One job: open a perf event fd for a tracepoint ("category/name", id from tracefs), a kprobe/kretprobe (the
+kprobe PMU, /sys/bus/event_source/devices/kprobe) or a uprobe/uretprobe (the uprobe PMU, layout.UPROBE_PMU: a
+binary's path and a file offset, optionally one process). The caller turns it into a bpf link with
 link_create(prog_fd, perf_fd, BPF_PERF_EVENT) and pins that link, so the attachment outlives the process.
 Importable without ansible.
 """
@@ -13,12 +14,13 @@ import os
 import platform
 import struct
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc
 
 _NR = {"x86_64": 298, "aarch64": 241, "armv7l": 364, "ppc64le": 319, "s390x": 331, "riscv64": 241}
 PERF_TYPE_TRACEPOINT = 2
 PERF_FLAG_FD_CLOEXEC = 1 << 3
-_ATTR_SIZE = 72  # PERF_ATTR_SIZE_VER1: has config1/config2 (kprobe function name and offset)
+_ATTR_SIZE = 72  # PERF_ATTR_SIZE_VER1: has config1/config2 (kprobe function name or uprobe path, and offset)
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
 
@@ -52,14 +54,16 @@ def tracepoint_id(category_name):
                         % (category_name, path))
 
 
-def _perf_event_open(attr):
+def _perf_event_open(attr, pid=-1):
+    """pid -1: every process (the event on cpu 0; a bpf program attached through it runs on every CPU); a pid:
+    that process only, on any CPU."""
     nr = _NR.get(platform.machine())
     if nr is None:
         raise PerfError(errno_mod.ENOSYS, "no perf_event_open syscall number known for %s" % platform.machine())
     buf = ctypes.create_string_buffer(attr, len(attr))
     err = None
     try:
-        return libc.syscall(nr, buf, ctypes.c_int(-1), ctypes.c_int(0), ctypes.c_int(-1),
+        return libc.syscall(nr, buf, ctypes.c_int(pid), ctypes.c_int(0 if pid < 0 else -1), ctypes.c_int(-1),
                             ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
     except OSError as exc:
         err = exc.errno
@@ -91,3 +95,33 @@ def open_kprobe(function, retprobe=False, offset=0):
         config |= 1 << bit
     name = ctypes.create_string_buffer(function.encode())
     return _perf_event_open(_attr(ptype, config, ctypes.addressof(name), offset))
+
+
+def _pmu_type(pmu):
+    with open(os.path.join(pmu, "type")) as f:
+        return int(f.read())
+
+
+def _retprobe_bit(pmu):
+    with open(os.path.join(pmu, "format", "retprobe")) as f:
+        return int(f.read().strip().split(":")[1])  # "config:0"
+
+
+def open_uprobe(path, offset, retprobe=False, pid=-1):
+    """A perf event fd on a uprobe (or uretprobe) at file offset `offset` of binary `path` (absolute; the kernel
+    resolves it and holds the inode), through the uprobe PMU; pid -1 for every process, else only that one."""
+    try:
+        ptype = _pmu_type(layout.UPROBE_PMU)
+        config = (1 << _retprobe_bit(layout.UPROBE_PMU)) if retprobe else 0
+    except (IOError, OSError, ValueError, IndexError):
+        raise PerfError(errno_mod.ENOENT, "the uprobe perf PMU is missing or unreadable (%s): kernel without "
+                        "CONFIG_UPROBE_EVENTS" % layout.UPROBE_PMU)
+    name = ctypes.create_string_buffer(path.encode("utf-8", "surrogateescape"))  # alive until the call returned
+    try:
+        return _perf_event_open(_attr(ptype, config, ctypes.addressof(name), offset), pid)
+    except PerfError as e:
+        kind = "uretprobe" if retprobe else "uprobe"
+        where = "%s at offset 0x%x of %s%s" % (kind, offset, path, " for pid %d" % pid if pid >= 0 else "")
+        hint = {errno_mod.ESRCH: ": no such process", errno_mod.ENOENT: ": no such file",
+                errno_mod.EINVAL: ": the kernel refused the offset or the file"}.get(e.errno, "")
+        raise PerfError(e.errno, "cannot create the %s%s (%s)" % (where, hint, e))

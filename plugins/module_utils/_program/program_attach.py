@@ -3,17 +3,21 @@
 """Attach points: check that one exists, read who holds it, verify ours is attached, attach, detach.
 
 One job: the per-kind kernel calls. XDP and tc go through netlink (netlink.py); tcx, tracing, LSM, cgroup,
-raw_tracepoint and perf (tracepoint/kprobe) attachments are bpf links that the caller pins, so they outlive
-the process. A spec is the dict from program_spec.normalize(). Importable without ansible.
+raw_tracepoint and perf (tracepoint/kprobe/uprobe) attachments are bpf links that the caller pins, so they outlive
+the process. A spec is the dict from program_spec.normalize(); a uprobe's after resolve() (the file offset of its
+symbol in the binary as it is now). Importable without ansible.
 """
 import errno
 import os
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import host_paths
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs, libc
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import tcx_order
 
 NETLINK_KINDS = ("xdp", "tc")
-LINK_KINDS = ("tcx", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry", "fexit", "lsm", "cgroup")
+LINK_KINDS = ("tcx", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry", "fexit", "lsm", "cgroup",
+              "uprobe", "uretprobe")
+UPROBE_KINDS = ("uprobe", "uretprobe")
 CGROUP2_SUPER_MAGIC = 0x63677270
 TC_HANDLE = 1
 _TRACING_ATTACH = {"fentry": bs.BPF_TRACE_FENTRY, "fexit": bs.BPF_TRACE_FEXIT, "lsm": bs.BPF_LSM_MAC}
@@ -21,7 +25,9 @@ _LINK_TYPE = {"tcx": bs.BPF_LINK_TYPE_TCX, "tracepoint": bs.BPF_LINK_TYPE_PERF_E
               "kprobe": bs.BPF_LINK_TYPE_PERF_EVENT, "kretprobe": bs.BPF_LINK_TYPE_PERF_EVENT,
               "raw_tracepoint": bs.BPF_LINK_TYPE_RAW_TRACEPOINT, "fentry": bs.BPF_LINK_TYPE_TRACING,
               "fexit": bs.BPF_LINK_TYPE_TRACING, "lsm": bs.BPF_LINK_TYPE_TRACING,
-              "cgroup": bs.BPF_LINK_TYPE_CGROUP}
+              "cgroup": bs.BPF_LINK_TYPE_CGROUP, "uprobe": bs.BPF_LINK_TYPE_PERF_EVENT,
+              "uretprobe": bs.BPF_LINK_TYPE_PERF_EVENT}
+_PERF_EVENT_TYPE = {"uprobe": bs.BPF_PERF_EVENT_UPROBE, "uretprobe": bs.BPF_PERF_EVENT_URETPROBE}
 
 
 class AttachError(Exception):
@@ -64,7 +70,42 @@ def describe(spec):
         return "%s on %s (%s)" % (kind, where, extra)
     if kind == "cgroup":
         return "cgroup %s on %s" % (spec["cgroup_type"], spec["path"])
+    if kind in UPROBE_KINDS:
+        where = "%s:%s" % (spec["path"], spec["symbol"]) if spec.get("symbol") else spec["path"]
+        if spec.get("offset") is not None:
+            where += " (offset 0x%x)" % spec["offset"] if spec.get("symbol") else " offset 0x%x" % spec["offset"]
+        return "%s %s%s" % (kind, where, " for pid %d" % spec["pid"] if spec.get("pid") else "")
     return "%s %s" % (kind, spec["target"])
+
+
+def _elf_symbols():
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import elf_symbols
+    return elf_symbols
+
+
+def _locate(spec):
+    """(file offset, "st_dev:st_ino") of a uprobe spec in its binary (its symbol's, or the given offset checked),
+    reading the binary only when no other user can have planted or can change it; AttachError otherwise."""
+    elf = _elf_symbols()
+    try:
+        return elf.locate(spec["path"], symbol=spec.get("symbol"), offset=spec.get("offset"))
+    except elf.ElfError as e:
+        raise AttachError("attach.%s: %s" % (spec["type"], e))
+    except host_paths.UnsafePath as e:
+        real = os.path.realpath(spec["path"])
+        hint = "; give the binary's own path (%s)" % real if "symbolic link" in str(e) and real != spec["path"] else ""
+        raise AttachError("attach.%s.path: %s%s" % (spec["type"], e, hint))
+
+
+def resolve(spec):
+    """A uprobe spec with "offset" (where its symbol is in the binary now) and "inode" (the binary's st_dev:st_ino)
+    set: a binary rebuilt or replaced at the same path is attached again, since the kernel keeps a uprobe on the
+    file it resolved at attach time. Any other spec as it is."""
+    if not spec or spec["type"] not in UPROBE_KINDS:
+        return spec
+    out = dict(spec)
+    out["offset"], out["inode"] = _locate(spec)
+    return out
 
 
 def check_target(spec):
@@ -82,6 +123,10 @@ def check_target(spec):
     elif kind == "cgroup":
         if not os.path.isdir(spec["path"]) or libc.statfs(spec["path"]) != CGROUP2_SUPER_MAGIC:
             raise AttachError("attach.cgroup.path %s is not a cgroup v2 directory" % spec["path"])
+    elif kind in UPROBE_KINDS:
+        _locate(spec)
+        if spec.get("pid") and not os.path.isdir("/proc/%d" % spec["pid"]):
+            raise AttachError("attach.%s.pid: no process with pid %d" % (kind, spec["pid"]))
 
 
 def slot_holder(spec):
@@ -119,6 +164,12 @@ def link_matches(spec, link):
         except nl.NetlinkError:
             return False
         return link.get("ifindex") == ifindex and link.get("attach_type") == _tcx_attach_type(spec)
+    if kind in UPROBE_KINDS and link.get("perf_event_type"):  # 6.6+ reports the uprobe; before, the record names it
+        if link["perf_event_type"] != _PERF_EVENT_TYPE[kind]:
+            return False
+        if "uprobe_path" in link:  # the path and offset given to perf_event_open (the kernel reports 32 bits)
+            offset = (spec.get("offset") or 0) & 0xffffffff
+            return link["uprobe_path"] == spec["path"] and link.get("uprobe_offset") == offset
     return True  # perf links: the kernel does not report the tracepoint; the record names it
 
 
@@ -208,10 +259,13 @@ def create_link(spec, prog_fd, pin_root=None, state_dir=None):
         if spec.get("order"):
             return tcx_order.attach(spec, prog_fd, pin_root, state_dir)
         return _netlink().tcx_attach(spec["interface"], spec["direction"], prog_fd, netns=spec.get("netns"))
-    if kind in ("tracepoint", "kprobe", "kretprobe"):
+    if kind in ("tracepoint", "kprobe", "kretprobe") + UPROBE_KINDS:
         from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import perf
         if kind == "tracepoint":
             pfd = perf.open_tracepoint(spec["target"])
+        elif kind in UPROBE_KINDS:
+            pfd = perf.open_uprobe(spec["path"], spec["offset"], retprobe=(kind == "uretprobe"),
+                                   pid=spec.get("pid") or -1)
         else:
             pfd = perf.open_kprobe(spec["target"], retprobe=(kind == "kretprobe"))
         try:

@@ -95,12 +95,14 @@ class Program(object):
         if out["state"] != "absent":
             out.update(object=rec.get("object"), sha256=rec.get("sha256"), program=rec.get("program"),
                        attach=rec.get("attach"), kernel=self.live.summary())
+            if rec.get("globals"):
+                out["globals"] = rec["globals"]  # the values it was loaded with
             if tcx_order.of(rec.get("attach")):
                 out["position"] = tcx_order.position(rec["attach"], self.live.prog_id)  # where it runs now
         return out
 
     def in_sync(self, want):
-        """want: {"state", "sha256", "program", "attach" (spec or None)}."""
+        """want: {"state", "sha256", "program", "attach" (spec or None), "globals" (normalised values, optional)}."""
         rec, live = self.record, self.live
         if self.current_state() != want["state"]:
             return False
@@ -108,6 +110,8 @@ class Program(object):
             return False
         if rec.get("attach") != want["attach"]:
             return False
+        if (rec.get("globals") or {}) != (want.get("globals") or {}):
+            return False  # other values for the object's globals: a new program, replaced as a new object is
         if sorted(rec.get("maps", {}).items()) != sorted(live.maps.items()):
             return False
         if not tcx_order.in_position(want["attach"], live.prog_id, self.pin_root, self.state_dir):
@@ -175,6 +179,8 @@ class Program(object):
                   "pin_root": self.pin_root}
         if want.get("programs"):
             record["programs"] = want["programs"]  # the object's programs as libbpf read them (by sha256)
+        if want.get("globals"):
+            record["globals"] = want["globals"]  # the values of the object's globals it was loaded with
         ps.write_record(self.name, record, self.state_dir)
         for old in self.live.stages:
             ps.remove_tree(old)

@@ -24,6 +24,14 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.program_li
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common.lock import HostLock, LockTimeout
 
 _IF = dict(interface=dict(type="str", required=True), netns=dict(type="str"))
+
+
+def _uprobe():
+    return dict(type="dict", options=dict(path=dict(type="path", required=True), symbol=dict(type="str"),
+                                          offset=dict(type="int"), pid=dict(type="int")),
+                mutually_exclusive=[["symbol", "offset"]], required_one_of=[["symbol", "offset"]])
+
+
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
     object=dict(type="path"),
@@ -45,10 +53,12 @@ ARGUMENT_SPEC = dict(
         kretprobe=dict(type="str"), fentry=dict(type="str"), fexit=dict(type="str"), lsm=dict(type="str"),
         cgroup=dict(type="dict", options=dict(path=dict(type="path", required=True),
                                               type=dict(type="str", choices=sorted(spec_mod.CGROUP_TYPES)))),
+        uprobe=_uprobe(), uretprobe=_uprobe(),
     ), mutually_exclusive=[list(spec_mod.ATTACH_KINDS)]),
     pin_root=dict(type="path", default=layout.PIN_ROOT),
     state_dir=dict(type="path", default=layout.STATE_DIR),
     force=dict(type="bool", default=False),
+    globals=dict(type="dict"),  # {variable: value} of the object's .rodata/.data/.bss, set before load
 )
 
 
@@ -66,6 +76,13 @@ def gate(spec):
     probes' answer, remembered for the boot once it is yes)."""
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_gate
     program_gate.require(spec_mod.FEATURES[spec["type"]])
+
+
+def gate_global_data(obj):
+    """Refuse an object with global variables (.rodata/.data/.bss maps) on a kernel without global data."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_gate, program_globals
+    if program_globals.uses_global_data(obj.map_defs()):
+        program_gate.require(("global_data",))
 
 
 def errors():
@@ -91,6 +108,7 @@ class ProgramRun(object):
         self.obj = None
         self.spec = None
         self.chosen = None
+        self.globals = None  # program_globals.Plan of the `globals` option
 
     def _open(self):
         """The object opened with libbpf (no kernel change); opened once, closed by apply()."""
@@ -120,10 +138,16 @@ class ProgramRun(object):
             if p["state"] != "loaded" or p["attach"]:
                 raise
             spec = None  # loaded only: an XDP/tc/cgroup program needs no attach point yet
+        if spec and p["state"] == "attached":
+            spec = pa.resolve(spec)  # a uprobe: its symbol's offset in the binary as it is now
         self.spec = spec
+        if p.get("globals"):
+            from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_globals
+            self.globals = program_globals.plan(p["object"], p["globals"])  # unknown name, bad value: refused
         return {"state": p["state"], "sha256": digest, "program": self.chosen["name"],
                 "attach": spec if p["state"] == "attached" else None,
-                "programs": [{"name": x["name"], "section": x["section"]} for x in programs]}
+                "programs": [{"name": x["name"], "section": x["section"]} for x in programs],
+                "globals": self.globals.values if self.globals else {}}
 
     def prepare(self):
         """Before a change (and in check mode, to predict it): open the object with libbpf, select the program,
@@ -132,6 +156,9 @@ class ProgramRun(object):
         spec_mod.check_elf_names(self.p["object"], obj.programs(), obj.map_defs())  # before any pin
         retarget = spec_mod.retarget(self.spec, self.chosen["section"]) if self.spec else None
         obj.select(self.chosen["name"], attach_target=retarget)
+        if self.globals:
+            from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_globals
+            program_globals.load_into(obj, self.globals)  # the values the program is loaded with
         if self.p["state"] == "attached":
             pa.check_target(self.spec)
 
@@ -164,12 +191,16 @@ class ProgramRun(object):
                 out["link_id"] = live.link_id
         if after.get("attach"):
             out["attach"] = after["attach"]
+        if "globals" in after:
+            out["globals"] = after["globals"]
         return out
 
     def present(self, prog, before, want):
         p = self.p
         after = {"state": want["state"], "object": p["object"], "sha256": want["sha256"],
                  "program": want["program"], "attach": want["attach"]}
+        if want["globals"] or before.get("globals"):
+            after["globals"] = want["globals"]
         if prog.in_sync(want):
             after["kernel"] = before.get("kernel")
             return self.result(False, prog, before, after)
@@ -178,6 +209,7 @@ class ProgramRun(object):
             prog.check_slot(want["attach"], p["force"])
         if self.spec:
             gate(self.spec)  # before any change (and in check mode, so it predicts the refusal too)
+        gate_global_data(self.obj)
         if p["state"] == "attached":
             tcx_order.check(want["attach"], prog.pin_root, prog.name, p["state_dir"], self.planned)  # a relative: managed, same hook
         if not self.check_mode:

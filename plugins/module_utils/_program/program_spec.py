@@ -18,12 +18,14 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # bpffs refuses '.' i
 RESERVED = (layout.SHARED,)
 # names under <pin_root>/<name>/ that the program owns: prog, link, maps/, stage_<pid>/
 ATTACH_KINDS = ("xdp", "tc", "tcx", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry", "fexit",
-                "lsm", "cgroup")
+                "lsm", "cgroup", "uprobe", "uretprobe")
+UPROBE_KINDS = ("uprobe", "uretprobe")
 # attach kind -> features to gate on (probes.require), in order
 FEATURES = {
     "xdp": ("xdp",), "tc": ("tc",), "tcx": ("tcx",),
     "tracepoint": ("tracepoint", "perf_link"), "kprobe": ("kprobe", "perf_link"),
     "kretprobe": ("kprobe", "perf_link"),
+    "uprobe": ("uprobe", "perf_link"), "uretprobe": ("uprobe", "perf_link"),
     "raw_tracepoint": ("raw_tracepoint", "bpf_link"), "fentry": ("fentry", "bpf_link"),
     "fexit": ("fentry", "bpf_link"), "lsm": ("lsm", "bpf_link"), "cgroup": ("cgroup", "bpf_link"),
 }
@@ -142,6 +144,8 @@ def from_section(section):
         return {"type": "raw_tracepoint", "target": rest}
     if head in ("kprobe", "kretprobe") and rest:
         return {"type": head, "target": rest}
+    if head in ("uprobe", "uretprobe", "uprobe.s", "uretprobe.s"):
+        return {"type": head.split(".")[0]}  # the binary and function come from attach.<kind>
     if head in ("fentry", "fexit", "fentry.s", "fexit.s") and rest:
         return {"type": head.split(".")[0], "target": rest}
     if head in ("lsm", "lsm.s") and rest:
@@ -172,6 +176,9 @@ def normalize(attach, section):
             raise SpecError("section %r is a %s program: set attach.%s.interface" % (section, kind, kind))
         if kind == "cgroup":
             raise SpecError("section %r is a cgroup program: set attach.cgroup.path" % section)
+        if kind in UPROBE_KINDS:
+            raise SpecError("section %r is a %s program: set attach.%s.path and attach.%s.symbol (or offset)"
+                            % (section, kind, kind, kind))
         return {"type": kind, "target": implied["target"]}
     kind, value = list(attach.items())[0]
     if kind not in ATTACH_KINDS:
@@ -199,9 +206,30 @@ def normalize(attach, section):
         if ctype not in CGROUP_TYPES:
             raise SpecError("attach.cgroup.type must be one of %s" % ", ".join(sorted(CGROUP_TYPES)))
         return {"type": "cgroup", "path": os.path.normpath(value["path"]), "cgroup_type": ctype}
+    if kind in UPROBE_KINDS:
+        return _uprobe(kind, value)
     if not isinstance(value, str) or not value:
         raise SpecError("attach.%s must be a name" % kind)
     return {"type": kind, "target": value}
+
+
+def _uprobe(kind, value):
+    """attach.uprobe / attach.uretprobe: {"type", "path", "symbol", "offset", "pid"}; with a symbol, "offset" stays
+    None until program_attach.resolve() reads the binary."""
+    if not isinstance(value, dict) or not value.get("path"):
+        raise SpecError("attach.%s.path is required (the executable or shared library)" % kind)
+    path = value["path"]
+    if not os.path.isabs(path) or ".." in path.split("/"):
+        raise SpecError("attach.%s.path %r must be an absolute path without '..'" % (kind, path))
+    symbol, offset, pid = value.get("symbol") or None, value.get("offset"), value.get("pid")
+    if (symbol is None) == (offset is None):
+        raise SpecError("attach.%s takes exactly one of symbol (a function of the binary) and offset (a file "
+                        "offset)" % kind)
+    if offset is not None and (not isinstance(offset, int) or isinstance(offset, bool) or offset < 0):
+        raise SpecError("attach.%s.offset must be a file offset (an integer >= 0), got %r" % (kind, offset))
+    if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
+        raise SpecError("attach.%s.pid must be a process id (an integer > 0), got %r" % (kind, pid))
+    return {"type": kind, "path": os.path.normpath(path), "symbol": symbol, "offset": offset, "pid": pid}
 
 
 def retarget(spec, section):

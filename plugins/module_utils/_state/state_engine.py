@@ -133,6 +133,8 @@ def action_of(res):
         return "replace", "object sha256 %s -> %s" % (_short(before.get("sha256")), _short(after.get("sha256")))
     if before.get("program") != after.get("program"):
         return "replace", "program %s -> %s" % (before.get("program"), after.get("program"))
+    if (before.get("globals") or {}) != (after.get("globals") or {}):
+        return "replace", "globals %s -> %s" % (before.get("globals") or {}, after.get("globals") or {})
     if before.get("attach") != after.get("attach"):
         if not after.get("attach"):
             return "detach", "state loaded (attached before)"

@@ -92,6 +92,8 @@ class Wanted(object):
     def saved(self):
         """The entry of desired.json (the format reapply.py reads; state_dir is the re-apply's --state-dir)."""
         program = dict((k, v) for k, v in self.program.items() if k != "state_dir")
+        if not program.get("globals"):
+            program.pop("globals", None)  # not set: the entry stays as one saved before the option existed
         return {"program": program, "maps": [dict(m) for m in self.maps], "health": dict(self.health)}
 
 

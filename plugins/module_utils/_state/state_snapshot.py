@@ -207,7 +207,8 @@ class Snapshot(object):
                 bs.obj_pin(fd, path)
         rec = snap.record
         want = {"state": "attached" if rec.get("attach") else "loaded", "sha256": rec.get("sha256"),
-                "program": rec.get("program"), "attach": rec.get("attach"), "programs": rec.get("programs")}
+                "program": rec.get("program"), "attach": rec.get("attach"), "programs": rec.get("programs"),
+                "globals": rec.get("globals")}
         prog = Program(name, self.pin_root, self.state_dir)
         prog.converge(want, rec.get("object"), HeldObject(snap.prog_fd, snap.map_fds, sorted(snap.shared_fds)),
                       force=True)

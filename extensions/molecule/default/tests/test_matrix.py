@@ -37,12 +37,14 @@ TRAFFIC = {
     "lsm_file_open": ("file_open_count", "cat /etc/hostname /etc/hosts >/dev/null"),
     # ebpf_map put 10.199.0.1 in the blocklist: XDP on hm-b drops what hm0 sends and counts it under that key
     "xdp_blocklist": ("blocklist", BLOCKED_UDP),
+    # 50 calls of getpid() from one process (other processes may add theirs)
+    "uprobe_getpid": ("uprobe_count", "python3 -c 'import os; [os.getpid() for _ in range(50)]'"),
 }
 
 
 # Features an attach point needs beyond its program type: tracepoint and kprobe attachments outlive the
 # module only as pinned perf-event links (perf_link, 5.15+), so ebpf_program refuses them without it.
-EXTRA_NEEDS = {"tracepoint": ["perf_link"], "kprobe": ["perf_link"]}
+EXTRA_NEEDS = {"tracepoint": ["perf_link"], "kprobe": ["perf_link"], "uprobe": ["perf_link"], "global_data": ["xdp"]}
 
 
 def needs(feature):
@@ -70,8 +72,9 @@ def bpftool(host, *args):
     return json.loads(out or "null")
 
 
-def map_total(host, path):
-    """Sum of every number in entry 0 of a pinned map (per-CPU values and struct fields added up)."""
+def map_total(host, path, key=None):
+    """Sum of every number in the entries of a pinned map (per-CPU values and struct fields added up), or in
+    the entry of integer `key` only."""
     dump = bpftool(host, "map", "dump", "pinned", path)
     total = 0
 
@@ -88,12 +91,19 @@ def map_total(host, path):
             return sum(add(x) for x in v)
         return 0
 
+    def key_of(k):
+        if isinstance(k, list):
+            return int.from_bytes(bytes(int(x, 16) for x in k), "little")
+        return int(k)
+
     for entry in dump or []:
         if "formatted" in entry:
             entry = entry["formatted"]
-        for key in ("value", "values"):
-            if key in entry:
-                total += add(entry[key])
+        if key is not None and key_of(entry["key"]) != key:
+            continue
+        for field in ("value", "values"):
+            if field in entry:
+                total += add(entry[field])
     return total
 
 
@@ -159,6 +169,22 @@ def test_tcx_order(host, result):
     host.check_output(TRAFFIC_UDP)
     moved = dict((n, map_total(host, p) - before[n]) for n, p in paths.items())
     assert moved["tcx_counter"] > 0 and moved["tcx_first"] > 0, moved
+
+
+def test_globals_drop_port(host, result):
+    """xdp_port_drop was loaded with drop_port 7 (globals): on hm0's loopback, datagrams to port 7 are dropped
+    (its key 1 counts them) and those to port 8 pass; the object's compiled default (0) would drop none."""
+    if not probed_supported(result, "xdp_port_drop"):
+        pytest.skip("ebpf_facts' probes: %s not supported in this guest" % needs("global_data"))
+    assert result["programs"]["xdp_port_drop"]["outcome"] == "attached", result["programs"]["xdp_port_drop"]
+    path = "%s/xdp_port_drop/maps/port_verdicts" % PIN_ROOT
+    send = ("ip netns exec hm0 python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "[s.sendto(bytes(8), (\"127.0.0.1\", p)) for p in [7] * 10 + [8] * 6]'")
+    before = dict((k, map_total(host, path, key=k)) for k in (0, 1))
+    host.check_output(send)
+    after = dict((k, map_total(host, path, key=k)) for k in (0, 1))
+    assert after[1] - before[1] == 10, (before, after)  # dropped: port 7 only
+    assert after[0] - before[0] >= 6, (before, after)   # passed: port 8 (and whatever else lo carried)
 
 
 def test_pins_and_kernel_objects(host, result):

@@ -91,6 +91,16 @@ def test_plan_fills_in_health_and_keeps_map_declarations(tree):
     assert three["health"] == {"check": "none", "timeout": 25}
 
 
+def test_plan_passes_globals_through_only_when_given(tree):
+    plan = plan_of(tree, [xdp("one", "files/a.bpf.o", globals={"drop_port": 9, "addr": "10.0.0.1"}),
+                          xdp("two", "files/b.bpf.o")])
+    one, two = plan["programs"]
+    assert one["globals"] == {"drop_port": 9, "addr": "10.0.0.1"}
+    assert "globals" not in two  # a program without them: the plan ebpf_state gets stays as it was
+    with pytest.raises(AnsibleFilterError, match="one: globals must be a dict"):
+        plan_of(tree, [xdp("one", "files/a.bpf.o", globals=["drop_port"])])
+
+
 def test_plan_drops_empty_attach_points(tree):
     p = xdp("one", "files/a.bpf.o")
     p["attach"] = {"xdp": {"interface": "eth0"}, "tc": None, "kprobe": None}
@@ -130,7 +140,7 @@ def test_plan_reports_every_problem_at_once(tree):
             {"name": "noattach", "object": "files/a.bpf.o"},
             {"name": "two", "object": "files/a.bpf.o", "attach": {"xdp": {"interface": "eth0"},
                                                                   "tracepoint": "a/b"}},
-            {"name": "odd", "object": "files/a.bpf.o", "attach": {"uprobe": "x"}},
+            {"name": "odd", "object": "files/a.bpf.o", "attach": {"usdt": "x"}},
             xdp("cnt", "files/a.bpf.o", health={"check": "counter"}),
             {"object": "files/a.bpf.o"},
         ])
@@ -141,7 +151,7 @@ def test_plan_reports_every_problem_at_once(tree):
                  "dir: object %s/files is not a regular file" % tree["play"],
                  "noattach: attach needs one attach point;",
                  "two: attach needs one attach point, got tracepoint, xdp",
-                 "odd: attach point uprobe is not one of xdp, tc",
+                 "odd: attach point usdt is not one of xdp, tc",
                  "cnt: health.check=counter needs health.map",
                  "ebpf_programs[9] needs a name"):
         assert part in msg, (part, msg)

@@ -16,7 +16,7 @@ DOC_NAMES = ("DOCUMENTATION", "EXAMPLES", "RETURN")
 # the literals only layout.py may hold (a string constant containing one of these is a duplicate)
 PATHS = ("/sys/fs/bpf/hypermesh", "/var/lib/hypermesh-ebpf", "/run/hypermesh-ebpf", "/etc/hypermesh-ebpf",
          "/usr/lib/hypermesh-ebpf", "/var/cache/hypermesh-ebpf", "features.json", "desired.json",
-         "hypermesh-ebpf-reapply.service", "/etc/systemd/system")
+         "hypermesh-ebpf-reapply.service", "/etc/systemd/system", "/sys/bus/event_source/devices/uprobe")
 NAMES = (layout.SHARED,)  # a constant equal to one of these
 PIN_NAMES = (layout.PIN_PROG, layout.PIN_LINK, layout.PIN_MAPS, layout.RECORDS, layout.SHARED)
 

@@ -67,8 +67,8 @@ def test_every_feature_has_a_probe():
 
 
 # Debian 11 cloud guest tree, root capabilities, a kernel that answers like 5.10 would for the newer features.
-@pytest.mark.parametrize("feature", ["xdp", "tc", "tracepoint", "raw_tracepoint", "kprobe", "fentry", "cgroup",
-                                     "bpf_link", "ringbuf", "btf", "bpf_stats"])
+@pytest.mark.parametrize("feature", ["xdp", "tc", "tracepoint", "raw_tracepoint", "kprobe", "uprobe", "fentry",
+                                     "cgroup", "bpf_link", "ringbuf", "btf", "bpf_stats", "global_data"])
 def test_supported_on_debian11_and_fds_closed(tmp_path, monkeypatch, feature):
     kernel = FakeKernel(monkeypatch, link_create=errno.EBADF)
     result = run(tmp_path, fakehost.DEBIAN11, feature)
@@ -144,6 +144,32 @@ def test_kprobe_cannot_look_without_tracefs_or_config(tmp_path, monkeypatch):
     FakeKernel(monkeypatch)
     result = run(tmp_path, fakehost.KERNEL_6_18_BARE, "kprobe")
     assert result["probed"] is False and "kprobe" in result["reason"]
+
+
+def test_uprobe_on_this_kind_of_kernel_without_kprobes(tmp_path, monkeypatch):
+    """6.18 without kprobes still has the uprobe PMU: a kprobe-type program loads (with the kernel version)."""
+    kernel = FakeKernel(monkeypatch)
+    result = run(tmp_path, fakehost.KERNEL_6_18_BARE, "uprobe", {"proc/self/status": ROOT_CAPS})
+    assert result["supported"] is True and "uprobe perf PMU" in result["reason"], result
+    (_name, args, kwargs), = kernel.called("prog_load")
+    assert args[0] == bpf.BPF_PROG_TYPE_KPROBE and kwargs["kern_version"] == (6 << 16) + (18 << 8) + 44
+    assert kernel.all_closed()
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    ({"sys/bus/event_source/devices/uprobe/type": None},
+     "no uprobe perf PMU at /sys/bus/event_source/devices/uprobe (CONFIG_UPROBE_EVENTS off, or a kernel before 4.17)"),
+    ({"boot/config-5.10.0-30-cloud-amd64": "CONFIG_BPF=y\n# CONFIG_UPROBE_EVENTS is not set\n"},
+     "the kernel was built without uprobe events (CONFIG_UPROBE_EVENTS is not set): no uprobe perf PMU"),
+])
+def test_uprobe_refused_without_the_pmu_or_config(tmp_path, monkeypatch, overrides, reason):
+    kernel = FakeKernel(monkeypatch)
+    result = run(tmp_path, fakehost.DEBIAN11, "uprobe", overrides)
+    assert result["supported"] is False and result["probed"] is True and result["reason"] == reason, result
+    assert result["message"].startswith("uprobe programs are not supported on kernel 5.10.0-30-cloud-amd64: ")
+    assert result["message"].endswith("; uprobe needs kernel >= 4.17 built with CONFIG_UPROBE_EVENTS and "
+                                      "CONFIG_BPF_EVENTS (the uprobe perf PMU, /sys/bus/event_source/devices/uprobe)")
+    assert kernel.calls == []
 
 
 def test_tracepoint_missing_from_tracefs(tmp_path, monkeypatch):
@@ -248,6 +274,30 @@ def test_perf_link_targets_a_non_perf_fd(tmp_path, monkeypatch):
     assert attach_type == bpf.BPF_PERF_EVENT and target == prog_fd
 
 
+def test_global_data_loads_a_direct_map_value_read(tmp_path, monkeypatch):
+    kernel = FakeKernel(monkeypatch)
+    result = run(tmp_path, fakehost.DEBIAN11, "global_data")
+    assert result["supported"] is True, result
+    (_name, args, _kwargs), = kernel.called("map_create")
+    assert args[:4] == (bpf.BPF_MAP_TYPE_ARRAY, 4, 8, 1) and args[4] & bpf.BPF_F_RDONLY_PROG
+    (_name, args, _kwargs), = kernel.called("prog_load")
+    first = args[1][:8]  # ld_imm64 of the map value: src_reg BPF_PSEUDO_MAP_VALUE
+    assert first[0] == 0x18 and first[1] >> 4 == bpf.BPF_PSEUDO_MAP_VALUE
+    assert kernel.all_closed()
+
+
+@pytest.mark.parametrize("errors, words", [
+    ({"map_create": errno.EINVAL}, "BPF_F_RDONLY_PROG"),
+    ({"prog_load": errno.EINVAL}, "BPF_PSEUDO_MAP_VALUE"),
+])
+def test_global_data_refused(tmp_path, monkeypatch, errors, words):
+    kernel = FakeKernel(monkeypatch, **errors)
+    result = run(tmp_path, fakehost.DEBIAN11, "global_data")
+    assert result["supported"] is False and words in result["reason"], result
+    assert "global_data needs kernel >= 5.2" in result["message"]
+    assert kernel.all_closed()
+
+
 def test_ringbuf_unknown_map_type(tmp_path, monkeypatch):
     FakeKernel(monkeypatch, map_create=errno.EINVAL)
     result = run(tmp_path, fakehost.DEBIAN11, "ringbuf")
@@ -316,4 +366,4 @@ def test_probe_all_subset(tmp_path, monkeypatch):
 
 def test_unknown_feature():
     with pytest.raises(KeyError, match="unknown eBPF feature"):
-        probes.run_probe("uprobe", probes._Host("/nonexistent"))
+        probes.run_probe("usdt", probes._Host("/nonexistent"))

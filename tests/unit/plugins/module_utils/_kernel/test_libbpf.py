@@ -73,3 +73,21 @@ def test_log_capture_through_vsnprintf(tmp_path):
     with pytest.raises(libbpf.LibbpfError):
         libbpf.BpfObject(str(path))
     assert "bad.o" in libbpf.log_text()  # the message was formatted from libbpf's format string and va_list
+
+
+def test_data_sections_initial_values_before_load(tmp_path_factory):
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import elf_globals
+    from tests.unit.fixtures import globals_object
+    path = globals_object.build(tmp_path_factory)
+    elf = elf_globals.ObjectGlobals.read(path).sections
+    with libbpf.BpfObject(path) as o:
+        for section in (".rodata", ".data", ".bss"):
+            now = o.initial_value(section)
+            assert now is None or now == elf[section]  # None: a libbpf without bpf_map__initial_value
+        o.set_initial_value(".data", b"\x07" * 8)
+        assert o.initial_value(".data") in (None, b"\x07" * 8)
+        with pytest.raises(libbpf.LibbpfError, match="cannot set the initial value of .data"):
+            o.set_initial_value(".data", b"\x07" * 4)  # not the section's size
+    with libbpf.BpfObject(os.path.join(OBJ, "xdp_counter.bpf.o")) as o:
+        with pytest.raises(libbpf.LibbpfError, match="has no .rodata map"):
+            o.set_initial_value(".rodata", b"")

@@ -1,6 +1,6 @@
-"""perf: tracepoint ids from tracefs, the perf_event_attr we pass, and how each failure becomes a PerfError
-(an OSError with the errno and a message that says what to do). The opens are real perf_event_open calls (root,
-fast); each closes its fd."""
+"""perf: tracepoint ids from tracefs, the perf_event_attr we pass (kprobes, uprobes), and how each failure becomes
+a PerfError (an OSError with the errno and a message that says what to do). The opens are real perf_event_open
+calls (root, fast); each closes its fd."""
 import errno
 import os
 import struct
@@ -108,3 +108,77 @@ def test_an_unknown_architecture_is_enosys(monkeypatch):
     with pytest.raises(perf.PerfError) as e:
         perf._perf_event_open(perf._attr(perf.PERF_TYPE_TRACEPOINT, 1))
     assert e.value.errno == errno.ENOSYS and "pdp11" in str(e.value)
+
+
+# ---- uprobes ---------------------------------------------------------------------------------------------------
+
+def _fake_uprobe_pmu(tmp_path, monkeypatch, retprobe="config:0"):
+    pmu = tmp_path / "uprobe"
+    (pmu / "format").mkdir(parents=True)
+    (pmu / "type").write_text("8\n")
+    (pmu / "format" / "retprobe").write_text(retprobe + "\n")
+    monkeypatch.setattr(perf.layout, "UPROBE_PMU", str(pmu))
+    seen = []
+
+    def fake_open(attr, pid=-1):
+        ptype, _size, config = struct.unpack_from("=IIQ", attr)
+        config1, config2 = struct.unpack_from("=QQ", attr, 56)
+        import ctypes
+        seen.append({"type": ptype, "config": config, "path": ctypes.string_at(config1), "offset": config2,
+                     "pid": pid})
+        return 99
+    monkeypatch.setattr(perf, "_perf_event_open", fake_open)
+    return seen
+
+
+def test_a_uprobe_attr_names_the_path_and_offset(tmp_path, monkeypatch):
+    seen = _fake_uprobe_pmu(tmp_path, monkeypatch, retprobe="config:3")
+    assert perf.open_uprobe("/usr/bin/hm", 0x1150) == 99
+    assert perf.open_uprobe("/usr/bin/hm", 0x20, retprobe=True, pid=1234) == 99
+    assert seen == [{"type": 8, "config": 0, "path": b"/usr/bin/hm", "offset": 0x1150, "pid": -1},
+                    {"type": 8, "config": 1 << 3, "path": b"/usr/bin/hm", "offset": 0x20, "pid": 1234}]
+
+
+def test_no_uprobe_pmu_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(perf.layout, "UPROBE_PMU", str(tmp_path / "uprobe"))
+    with pytest.raises(perf.PerfError) as e:
+        perf.open_uprobe("/usr/bin/hm", 0x10)
+    assert e.value.errno == errno.ENOENT and "kernel without CONFIG_UPROBE_EVENTS" in str(e.value)
+
+
+def _uprobe_pmu_or_skip():
+    if not os.path.exists(os.path.join(perf.layout.UPROBE_PMU, "type")):
+        pytest.skip("probe: no uprobe PMU (%s)" % perf.layout.UPROBE_PMU)
+
+
+@root_only
+def test_a_real_uprobe_and_uretprobe_are_perf_event_fds():
+    """At getpid of the libc this Python has mapped (the offset from elf_symbols); every fd closed again."""
+    _uprobe_pmu_or_skip()
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import elf_symbols
+    with open("/proc/self/maps") as f:
+        libcs = [line.split()[-1] for line in f if "/libc.so" in line or "/libc-" in line]
+    if not libcs:
+        pytest.skip("probe: no libc mapped into this Python (/proc/self/maps)")
+    libc_path = libcs[0]
+    offset = elf_symbols.function_offset(libc_path, "getpid")
+    for retprobe, pid in ((False, -1), (True, os.getpid())):
+        fd = perf.open_uprobe(libc_path, offset, retprobe=retprobe, pid=pid)
+        try:
+            assert os.readlink("/proc/self/fd/%d" % fd) == "anon_inode:[perf_event]"
+        finally:
+            os.close(fd)
+
+
+@root_only
+def test_kernel_refusals_of_a_uprobe_say_what_was_asked():
+    _uprobe_pmu_or_skip()
+    exe = os.path.realpath("/proc/self/exe")
+    with pytest.raises(perf.PerfError) as e:
+        perf.open_uprobe("/nonexistent/hm-binary", 0x10)
+    assert e.value.errno == errno.ENOENT and "uprobe at offset 0x10 of /nonexistent/hm-binary: no such file" \
+        in str(e.value)
+    with pytest.raises(perf.PerfError) as e:
+        perf.open_uprobe(exe, 0x10, retprobe=True, pid=2 ** 22 + 1)  # above the kernel's PID_MAX_LIMIT
+    assert e.value.errno == errno.ESRCH and "uretprobe at offset 0x10 of %s for pid %d: no such process" \
+        % (exe, 2 ** 22 + 1) in str(e.value)

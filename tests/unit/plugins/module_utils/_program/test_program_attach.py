@@ -2,6 +2,7 @@
 a kernel refusal becomes AttachError (or PerfError) with nothing changed. The netlink and perf calls are real and
 read-only or refused before any change (an interface that does not exist, loopback's XDP slot)."""
 import os
+import shutil
 
 import pytest
 
@@ -123,3 +124,81 @@ def test_only_an_existing_matching_tcx_or_cgroup_link_is_updated(tmp_path):
     assert not pa.can_update_link(cg, dict(cg, cgroup_type="egress"), link)
     tp = {"type": "tracepoint", "target": "a/b"}
     assert not pa.can_update_link(tp, tp, {"type": bs.BPF_LINK_TYPE_PERF_EVENT, "prog_id": 3})
+
+
+# ---- uprobe / uretprobe ----------------------------------------------------------------------------------------
+
+def uprobe(kind="uprobe", path="/usr/bin/x", symbol="hm_tick", offset=None, pid=None, **extra):
+    return dict({"type": kind, "path": path, "symbol": symbol, "offset": offset, "pid": pid}, **extra)
+
+
+@pytest.mark.parametrize("spec, words", [
+    (uprobe(), "uprobe /usr/bin/x:hm_tick"),
+    (uprobe(offset=0x1150), "uprobe /usr/bin/x:hm_tick (offset 0x1150)"),
+    (uprobe("uretprobe", symbol=None, offset=0x20, pid=7), "uretprobe /usr/bin/x offset 0x20 for pid 7"),
+])
+def test_describe_uprobe(spec, words):
+    assert pa.describe(spec) == words
+
+
+def _binary(tmp_path):
+    """A copy of this Python's executable in a directory of ours: an ELF binary root may read."""
+    d = tmp_path / "bin"
+    d.mkdir(mode=0o755)
+    path = str(d / "python")
+    shutil.copy(os.path.realpath("/proc/self/exe"), path)
+    os.chmod(path, 0o755)
+    return path
+
+
+def test_resolve_sets_the_offset_and_the_binary_and_keeps_other_specs(tmp_path):
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import elf_symbols
+    path = _binary(tmp_path)
+    spec = uprobe(path=path, symbol="main")
+    out = pa.resolve(spec)
+    st = os.stat(path)
+    inode = "%d:%d" % (st.st_dev, st.st_ino)
+    assert out == dict(spec, offset=elf_symbols.function_offset(path, "main"), inode=inode)
+    assert spec["offset"] is None  # the caller's spec is left as it was
+    assert pa.resolve({"type": "kprobe", "target": "f"}) == {"type": "kprobe", "target": "f"}
+    assert pa.resolve(None) is None
+    os.rename(path, path + ".old")  # a binary replaced at the same path: another inode, attached again
+    shutil.copy(path + ".old", path)
+    assert pa.resolve(spec)["inode"] != out["inode"] and pa.resolve(spec)["offset"] == out["offset"]
+
+
+def test_resolve_refuses_unknown_symbols_and_unsafe_binaries(tmp_path):
+    path = _binary(tmp_path)
+    with pytest.raises(pa.AttachError, match="attach.uretprobe: binary %s has no function symbol hm_none" % path):
+        pa.resolve(uprobe("uretprobe", path=path, symbol="hm_none"))
+    os.chmod(os.path.dirname(path), 0o777)
+    with pytest.raises(pa.AttachError, match="attach.uprobe.path: .*bin is writable by group or others"):
+        pa.resolve(uprobe(path=path, symbol="main"))
+    os.chmod(os.path.dirname(path), 0o755)
+    os.symlink(path, path + "-link")
+    with pytest.raises(pa.AttachError, match=r"python-link is a symbolic link: .*; give the binary's own path \(%s\)"
+                       % path):
+        pa.check_target(uprobe(path=path + "-link", symbol="main"))
+
+
+def test_check_target_wants_the_pid_to_exist(tmp_path):
+    path = _binary(tmp_path)
+    pa.check_target(uprobe(path=path, symbol="main", pid=os.getpid()))
+    with pytest.raises(pa.AttachError, match="attach.uprobe.pid: no process with pid 4194305"):
+        pa.check_target(uprobe(path=path, symbol="main", pid=4194305))
+
+
+@pytest.mark.parametrize("link, matches", [
+    ({"type": bs.BPF_LINK_TYPE_PERF_EVENT, "perf_event_type": 0}, True),  # before 6.6: the record names it
+    ({"type": bs.BPF_LINK_TYPE_PERF_EVENT, "perf_event_type": bs.BPF_PERF_EVENT_UPROBE,
+      "uprobe_path": "/usr/bin/x", "uprobe_offset": 0x1150}, True),
+    ({"type": bs.BPF_LINK_TYPE_PERF_EVENT, "perf_event_type": bs.BPF_PERF_EVENT_URETPROBE,
+      "uprobe_path": "/usr/bin/x", "uprobe_offset": 0x1150}, False),
+    ({"type": bs.BPF_LINK_TYPE_PERF_EVENT, "perf_event_type": bs.BPF_PERF_EVENT_UPROBE,
+      "uprobe_path": "/usr/bin/y", "uprobe_offset": 0x1150}, False),
+    ({"type": bs.BPF_LINK_TYPE_PERF_EVENT, "perf_event_type": bs.BPF_PERF_EVENT_UPROBE,
+      "uprobe_path": "/usr/bin/x", "uprobe_offset": 0x1160}, False),
+    ({"type": bs.BPF_LINK_TYPE_TRACING}, False),
+])
+def test_a_uprobe_link_matches_by_kind_path_and_offset(link, matches):
+    assert pa.link_matches(uprobe(offset=0x1150), link) is matches

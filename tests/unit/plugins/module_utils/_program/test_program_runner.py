@@ -156,3 +156,72 @@ def test_a_missing_attach_target_is_refused_in_check_mode_too(pin_root, tmp_path
     with pytest.raises(pr.pa.AttachError, match="hmnoif"):
         pr.apply(params, check_mode=True)
     assert not os.path.exists(os.path.join(pin_root, "x"))
+
+
+def test_globals_are_checked_and_normalised_by_desired(tmp_path, tmp_path_factory):
+    from tests.unit.fixtures import globals_object
+    path = globals_object.build(tmp_path_factory)
+    run = _run(tmp_path, object=path, state="loaded", globals={"drop_port": "0x35", "addr4": "10.0.0.1"})
+    try:
+        want = run.desired(None)
+    finally:
+        run.obj.close()
+    assert want["globals"] == {"drop_port": 53, "addr4": "10.0.0.1"}
+    assert _run(tmp_path, object=path, state="loaded").desired(
+        {"sha256": want["sha256"], "programs": want["programs"]})["globals"] == {}
+    for bad, message in (({"nope": 1}, "no global variable 'nope'"), ({"drop_port": 70000}, "70000 does not fit")):
+        run = _run(tmp_path, object=path, state="loaded", globals=bad)
+        try:
+            with pytest.raises(spec_mod.SpecError, match=message):
+                run.desired(None)
+        finally:
+            if run.obj is not None:
+                run.obj.close()
+
+
+@root_only
+def test_check_mode_shows_the_globals_and_pins_nothing(pin_root, tmp_path, tmp_path_factory):
+    from tests.unit.fixtures import globals_object
+    params = {"name": "x", "object": globals_object.build(tmp_path_factory), "state": "loaded",
+              "pin_root": pin_root, "state_dir": str(tmp_path), "globals": {"drop_port": 10, "verbose": "no"}}
+    r = pr.apply(params, check_mode=True)
+    assert r["changed"] is True and r["globals"] == {"drop_port": 10, "verbose": False}
+    assert r["diff"]["after"]["globals"] == {"drop_port": 10, "verbose": False}
+    assert not os.path.exists(os.path.join(pin_root, "x")) and os.listdir(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("uprobe, message", [
+    ({"path": "/usr/bin/x", "symbol": "f", "offset": 4}, "mutually exclusive: symbol|offset"),
+    ({"path": "/usr/bin/x"}, "one of the following is required: symbol, offset"),
+    ({"symbol": "f"}, "missing required arguments: path"),
+])
+def test_uprobe_options_are_refused_as_ansible_refuses_them(uprobe, message):
+    """params.validate: what AnsibleModule refuses for the same spec (the module, ebpf_state, the boot re-apply)."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import params
+    with pytest.raises(params.ParamError, match=message):
+        params.validate({"name": "x", "object": "/x.bpf.o", "attach": {"uprobe": uprobe}}, pr.ARGUMENT_SPEC)
+    ok = params.validate({"name": "x", "object": "/x.bpf.o", "attach": {"uretprobe": {"path": "/x", "offset": "16"}}},
+                         pr.ARGUMENT_SPEC)
+    assert ok["attach"]["uretprobe"] == {"path": "/x", "offset": 16, "symbol": None, "pid": None}
+
+
+@root_only
+def test_check_mode_predicts_a_uprobe_with_its_offset_and_pins_nothing(pin_root, tmp_path):
+    """A copy of this Python in a directory of ours: attach.uprobe by symbol resolves to the file offset."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import elf_symbols
+    d = tmp_path / "bin"
+    d.mkdir(mode=0o755)
+    binary = str(d / "python")
+    shutil.copy(os.path.realpath("/proc/self/exe"), binary)
+    os.chmod(binary, 0o755)
+    state_dir = tmp_path / "state"
+    params = {"name": "x", "object": obj("uprobe_counter"), "pin_root": pin_root, "state_dir": str(state_dir),
+              "attach": {"uretprobe": {"path": binary, "symbol": "main"}}}
+    r = pr.apply(params, check_mode=True)
+    st = os.stat(binary)
+    assert r["changed"] is True and r["attach"] == {
+        "type": "uretprobe", "path": binary, "symbol": "main", "offset": elf_symbols.function_offset(binary, "main"),
+        "pid": None, "inode": "%d:%d" % (st.st_dev, st.st_ino)}, r
+    assert not os.path.exists(os.path.join(pin_root, "x")) and not state_dir.exists()
+    with pytest.raises(pr.pa.AttachError, match="has no function symbol hm_none"):
+        pr.apply(dict(params, attach={"uprobe": {"path": binary, "symbol": "hm_none"}}), check_mode=True)

@@ -157,3 +157,49 @@ def test_elf_names_that_are_not_safe_pin_names_are_refused(name):
 @pytest.mark.parametrize("name", ["xdp_count", ".bss", "xdp_coun.rodata", "a-b"])
 def test_elf_names_that_are_fine(name):
     ps.check_elf_names("/o.bpf.o", [{"name": name}], [{"name": name}])
+
+
+# ---- uprobe / uretprobe ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("section, kind", [("uprobe/hm_tick", "uprobe"), ("uretprobe/x", "uretprobe"),
+                                           ("uprobe", "uprobe"), ("uprobe.s/x", "uprobe")])
+def test_a_uprobe_section_names_the_kind_only(section, kind):
+    assert ps.from_section(section) == {"type": kind}
+    with pytest.raises(ps.SpecError, match="section %r is a %s program: set attach.%s.path and attach.%s.symbol"
+                       % (section, kind, kind, kind)):
+        ps.normalize(None, section)
+
+
+@pytest.mark.parametrize("kind", ["uprobe", "uretprobe"])
+@pytest.mark.parametrize("value, expected", [
+    ({"path": "/usr/bin/x", "symbol": "hm_tick"},
+     {"path": "/usr/bin/x", "symbol": "hm_tick", "offset": None, "pid": None}),
+    ({"path": "/usr//bin/./x", "offset": 0x1150, "pid": 42},
+     {"path": "/usr/bin/x", "symbol": None, "offset": 0x1150, "pid": 42}),
+    ({"path": "/lib/libc.so.6", "offset": 0, "symbol": None},
+     {"path": "/lib/libc.so.6", "symbol": None, "offset": 0, "pid": None}),
+])
+def test_normalize_uprobe(kind, value, expected):
+    expected = dict(expected, type=kind)
+    assert ps.normalize({kind: value}, "uprobe/hm_tick") == expected
+    assert ps.FEATURES[kind] == ("uprobe", "perf_link")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("/usr/bin/x", "attach.uprobe.path is required"),
+    ({"symbol": "f"}, "attach.uprobe.path is required"),
+    ({"path": "bin/x", "symbol": "f"}, "attach.uprobe.path 'bin/x' must be an absolute path without '..'"),
+    ({"path": "/usr/../x", "symbol": "f"}, "must be an absolute path without '..'"),
+    ({"path": "/x"}, "attach.uprobe takes exactly one of symbol .* and offset"),
+    ({"path": "/x", "symbol": "f", "offset": 4}, "attach.uprobe takes exactly one of symbol"),
+    ({"path": "/x", "offset": -1}, r"attach.uprobe.offset must be a file offset \(an integer >= 0\), got -1"),
+    ({"path": "/x", "offset": True}, "attach.uprobe.offset must be a file offset"),
+    ({"path": "/x", "symbol": "f", "pid": 0}, r"attach.uprobe.pid must be a process id \(an integer > 0\), got 0"),
+])
+def test_normalize_uprobe_errors(value, message):
+    with pytest.raises(ps.SpecError, match=message):
+        ps.normalize({"uprobe": value}, "uprobe/x")
+
+
+def test_a_uprobe_has_no_btf_target():
+    assert ps.retarget({"type": "uprobe", "path": "/x", "symbol": "f", "offset": None, "pid": None}, "uprobe") is None

@@ -406,3 +406,25 @@ def test_a_saved_entry_is_converted_as_ansiblemodule_converts_it():
     _pin, option = reapply.to_options(entry)
     assert option["force"] is False and option["maps"][0]["exact"] is True
     assert option["attach"] == xdp("eth1")  # the saved shape is kept (netns None stays None)
+
+
+def test_saved_globals_come_back_as_they_were_given(tmp_path):
+    """`globals` is saved with the program's options and handed back untouched (values are typed at load)."""
+    given = [{"name": "drop", "object": "/o/d1.bpf.o", "sha256": "d1", "attach": xdp("eth1"),
+              "globals": {"drop_port": 9, "addr": "10.0.0.1", "on": True}}]
+    wanted, _opt = state_params.parse({"programs": given, "pin_root": PIN})
+    assert wanted[0].program["globals"] == given[0]["globals"]
+    path = str(tmp_path / "desired.json")
+    state_desired.commit(path, state_desired.EMPTY, [w.saved() for w in wanted])
+    groups, errors = reapply.plan(reapply.load_desired(path))
+    assert errors == {}
+    again, _opt = state_params.parse(reapply.engine_params(PIN, groups[0][1]))
+    assert again[0].program["globals"] == {"drop_port": 9, "addr": "10.0.0.1", "on": True}
+
+
+def test_a_program_without_globals_is_saved_as_before_the_option():
+    """No `globals` key in the saved entry when none are set: a desired state saved by an older release is the
+    same (no new generation after an upgrade)."""
+    wanted, _opt = state_params.parse({"programs": [{"name": "c", "object": "/o/c.bpf.o", "attach": xdp("eth1")}],
+                                       "pin_root": PIN})
+    assert "globals" not in wanted[0].saved()["program"] and wanted[0].program["globals"] is None

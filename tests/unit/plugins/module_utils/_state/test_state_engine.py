@@ -456,6 +456,10 @@ def test_without_prune_unlisted_programs_stay():
      True, "attach"),
     ({"state": "attached", "sha256": "a", "attach": {"t": 1}},
      {"state": "attached", "sha256": "a", "attach": {"t": 2}}, True, "move"),
+    ({"state": "attached", "sha256": "a", "attach": {"t": 1}, "globals": {"port": 9}},
+     {"state": "attached", "sha256": "a", "attach": {"t": 1}, "globals": {"port": 10}}, True, "replace"),
+    ({"state": "attached", "sha256": "a", "attach": {"t": 1}, "globals": {"port": 9}},
+     {"state": "attached", "sha256": "a", "attach": {"t": 1}, "globals": {}}, True, "replace"),
 ])
 def test_action_of(before, after, changed, expected):
     assert se.action_of({"changed": changed, "diff": {"before": before, "after": after}})[0] == expected
