@@ -4,10 +4,10 @@
 """The global variables of a BPF ELF object: name, section (.rodata, .data, .bss), offset, size and BTF type,
 and each section's bytes as compiled (what libbpf puts into the section's internal map before load).
 
-One job: read the ELF file (section headers, symbol table, the .BTF section through btf.py) without libbpf and
-without a kernel call. The object's BTF has a DATASEC per data section listing its variables; clang leaves the
-DATASEC's size and its variables' offsets at 0 (libbpf fixes them up at open from the symbol table, as done here),
-the BPF static linker fills them in.
+One job: find the globals in the object's sections, symbol table and .BTF section (the ELF file read by elf.py,
+the BTF by btf.py) without libbpf and without a kernel call. The object's BTF has a DATASEC per data section
+listing its variables; clang leaves the DATASEC's size and its variables' offsets at 0 (libbpf fixes them up at
+open from the symbol table, as done here), the BPF static linker fills them in.
 
     objs = ObjectGlobals.read(path)
     objs.variables  -> {name: {"name", "section", "offset", "size", "type_id", "type"}}
@@ -20,20 +20,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import struct
-
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import btf as btf_mod
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import elf
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.elf import ElfError
 
 SECTIONS = (".rodata", ".data", ".bss")
-_SHT_SYMTAB = 2
-_SHT_NOBITS = 8
-_STT_OBJECT = 1
-_ELFCLASS64 = 2
-_ELFDATA = {1: "<", 2: ">"}
-
-
-class ElfError(ValueError):
-    """An object whose ELF layout or BTF cannot be read (truncated, not ELF64, bad offsets)."""
+_STT_NOTYPE, _STT_OBJECT = 0, 1
 
 
 def type_name(btf, type_id):
@@ -69,92 +61,33 @@ class ObjectGlobals(object):
 
     def __init__(self, data, path="object"):
         self.path = path
-        self._data = data
-        self._end = "<"
         self.btf = None
         self.sections = {}
         self.variables = {}
-        shdrs = self._section_headers()
-        names = dict((self._section_name(shdrs, s), s) for s in shdrs)
+        obj = elf.ElfFile.from_bytes(data, path)
+        if obj.ei_class != 2:
+            raise ElfError("%s is not a 64-bit ELF object (class %d): build it with clang -target bpf"
+                           % (path, obj.ei_class))
+        shdrs = obj.sections()
+        names = dict((s["name"], s) for s in shdrs)
         for sec in SECTIONS:
             if sec in names:
-                self.sections[sec] = self._section_bytes(names[sec])
+                self.sections[sec] = obj.section_bytes(names[sec])
         if ".BTF" in names:
             try:
-                self.btf = btf_mod.Btf(self._section_bytes(names[".BTF"]))
+                self.btf = btf_mod.Btf(obj.section_bytes(names[".BTF"]))
             except btf_mod.BtfError as e:
                 raise ElfError("%s: its .BTF section cannot be read: %s" % (path, e))
         if self.btf is not None and self.sections:
-            symbols = self._symbols(shdrs, names)
+            symbols = _symbols(obj, shdrs)
             for sec in SECTIONS:
                 if sec in self.sections:
-                    self._datasec(sec, shdrs.index(names[sec]), symbols)
+                    self._datasec(sec, names[sec]["index"], symbols)
 
     @classmethod
     def read(cls, path):
         with open(path, "rb") as f:
             return cls(f.read(), path)
-
-    # ---- ELF ------------------------------------------------------------------------------------------------
-    def _unpack(self, fmt, off):
-        fmt = self._end + fmt
-        if off < 0 or off + struct.calcsize(fmt) > len(self._data):
-            raise ElfError("%s: truncated ELF object (reading %d bytes at offset %d of %d)"
-                           % (self.path, struct.calcsize(fmt), off, len(self._data)))
-        return struct.unpack_from(fmt, self._data, off)
-
-    def _section_headers(self):
-        if self._data[:4] != b"\x7fELF" or len(self._data) < 64:
-            raise ElfError("%s is not an ELF file" % self.path)
-        if self._data[4] != _ELFCLASS64 or self._data[5] not in _ELFDATA:
-            raise ElfError("%s is not a 64-bit ELF object (class %d, data %d): build it with clang -target bpf"
-                           % (self.path, self._data[4], self._data[5]))
-        self._end = _ELFDATA[self._data[5]]
-        shoff, = self._unpack("Q", 0x28)
-        shentsize, shnum, shstrndx = self._unpack("3H", 0x3a)
-        if shnum and shentsize < 64:
-            raise ElfError("%s: section header entries of %d bytes" % (self.path, shentsize))
-        out = []
-        for i in range(shnum):
-            name, stype, _flags, _addr, offset, size, link, _info, _align, entsize = self._unpack(
-                "2I4Q2I2Q", shoff + i * shentsize)
-            out.append({"name": name, "type": stype, "offset": offset, "size": size, "link": link,
-                        "entsize": entsize})
-        if shnum and shstrndx >= shnum:
-            raise ElfError("%s: section name table index %d out of range" % (self.path, shstrndx))
-        self._shstr = out[shstrndx] if shnum else None
-        return out
-
-    def _string(self, table, off):
-        start = table["offset"] + off
-        if off >= table["size"] or start >= len(self._data):
-            raise ElfError("%s: string offset %d out of range" % (self.path, off))
-        end = self._data.find(b"\0", start, table["offset"] + table["size"])
-        return self._data[start:end if end >= 0 else table["offset"] + table["size"]].decode("utf-8", "replace")
-
-    def _section_name(self, shdrs, s):
-        return self._string(self._shstr, s["name"]) if s["name"] else ""
-
-    def _section_bytes(self, s):
-        if s["type"] == _SHT_NOBITS:
-            return b"\0" * s["size"]
-        if s["offset"] + s["size"] > len(self._data):
-            raise ElfError("%s: a section runs past the end of the file" % self.path)
-        return self._data[s["offset"]:s["offset"] + s["size"]]
-
-    def _symbols(self, shdrs, names):
-        """{(name, section index): value} of the object symbols (variables) in the symbol table."""
-        out = {}
-        for s in shdrs:
-            if s["type"] != _SHT_SYMTAB or s["link"] >= len(shdrs):
-                continue
-            strtab = shdrs[s["link"]]
-            step = s["entsize"] or 24
-            for off in range(s["offset"], s["offset"] + s["size"] - 23, step):
-                st_name, st_info, _other, shndx, value, _size = self._unpack("IBBHQQ", off)
-                if st_name and (st_info & 0xf) in (_STT_OBJECT, 0):
-                    out.setdefault((self._string(strtab, st_name), shndx), value)
-        return out
 
     # ---- BTF ------------------------------------------------------------------------------------------------
     def _datasec(self, sec, shndx, symbols):
@@ -180,3 +113,14 @@ class ObjectGlobals(object):
                                % (self.path, name, vsize, offset, sec, size))
             self.variables[name] = {"name": name, "section": sec, "offset": offset, "size": vsize,
                                     "type_id": var["type"], "type": type_name(self.btf, var["type"])}
+
+
+def _symbols(obj, shdrs):
+    """{(name, section index): value} of the object symbols (variables) in the symbol table."""
+    out = {}
+    for table in shdrs:
+        if table["type"] == elf.SHT_SYMTAB:
+            for sym in obj.symbols(table):
+                if sym["name"] and (sym["info"] & 0xf) in (_STT_OBJECT, _STT_NOTYPE):
+                    out.setdefault((sym["name"], sym["shndx"]), sym["value"])
+    return out
