@@ -9,6 +9,7 @@ import pytest
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import perf
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_attach as pa
+from tests.unit.fixtures import c_binary
 
 MISSING = "hmnoif%d" % (os.getpid() % 100000)  # an interface name no one has
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="probe: euid is not 0 (netlink and bpf queries)")
@@ -142,13 +143,7 @@ def test_describe_uprobe(spec, words):
 
 
 def _binary(tmp_path):
-    """A copy of this Python's executable in a directory of ours: an ELF binary root may read."""
-    d = tmp_path / "bin"
-    d.mkdir(mode=0o755)
-    path = str(d / "python")
-    shutil.copy(os.path.realpath("/proc/self/exe"), path)
-    os.chmod(path, 0o755)
-    return path
+    return c_binary.build(tmp_path, "python")
 
 
 def test_resolve_sets_the_offset_and_the_binary_and_keeps_other_specs(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common.params import with_defaults
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_runner as pr
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_spec as spec_mod
+from tests.unit.fixtures import c_binary
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), *[".."] * 5))
 OBJECTS = os.path.join(TOP, "examples", "objects")
@@ -207,13 +208,9 @@ def test_uprobe_options_are_refused_as_ansible_refuses_them(uprobe, message):
 
 @root_only
 def test_check_mode_predicts_a_uprobe_with_its_offset_and_pins_nothing(pin_root, tmp_path):
-    """A copy of this Python in a directory of ours: attach.uprobe by symbol resolves to the file offset."""
+    """A binary of ours (tests/unit/fixtures/c_binary.py): attach.uprobe by symbol resolves to the file offset."""
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import elf_symbols
-    d = tmp_path / "bin"
-    d.mkdir(mode=0o755)
-    binary = str(d / "python")
-    shutil.copy(os.path.realpath("/proc/self/exe"), binary)
-    os.chmod(binary, 0o755)
+    binary = c_binary.build(tmp_path, "python")
     state_dir = tmp_path / "state"
     params = {"name": "x", "object": obj("uprobe_counter"), "pin_root": pin_root, "state_dir": str(state_dir),
               "attach": {"uretprobe": {"path": binary, "symbol": "main"}}}
