@@ -125,6 +125,10 @@ def encode_ipv4(value, size, what="value"):
         raise CodecError("%s: %r is not an IPv4 address" % (what, value))
 
 
+def decode_ipv4(data):
+    return socket.inet_ntop(socket.AF_INET, data)
+
+
 def encode_ipv6(value, size, what="value"):
     if size != 16:
         raise CodecError("%s: format ipv6 needs 16 bytes, the map has %d" % (what, size))
@@ -132,6 +136,10 @@ def encode_ipv6(value, size, what="value"):
         return socket.inet_pton(socket.AF_INET6, value.strip())
     except (AttributeError, OSError):
         raise CodecError("%s: %r is not an IPv6 address" % (what, value))
+
+
+def decode_ipv6(data):
+    return socket.inet_ntop(socket.AF_INET6, data)
 
 
 def encode_mac(value, size, what="value"):

@@ -7,16 +7,9 @@ One job: turn what a user writes in a playbook (an int, "10.0.0.1", "aa:bb:..", 
 into the exact bytes a map holds, and back, per format or per the map's BTF (the encoders are
 _kernel/btf_values.py's). No kernel calls here.
 
-Formats (`key_format` / `value_format`):
-  int     unsigned integer in host byte order (negative numbers are stored as two's complement);
-          "42", "0x2a" and 42 are all accepted
-  hex     raw bytes in order: "0a000001", "0x0a000001", "0a 00 00 01", "0a:00:00:01" or a list of ints
-  ipv4    dotted quad, stored in network byte order (4 bytes)
-  ipv6    any form inet_pton accepts ("2001:db8::1", "::ffff:10.0.0.1"), network byte order (16 bytes)
-  mac     "aa:bb:cc:dd:ee:ff" (6 bytes)
-  string  UTF-8, padded with NULs to the size (a value that does not fit is an error)
-  auto    the map's BTF type when the map carries BTF (ints, enums, structs as dicts by field name, arrays as
-          lists, char arrays as strings), hex otherwise
+Formats (`key_format` / `value_format`): int, hex, ipv4, ipv6, mac and string as btf_values' docstring gives
+them, and auto: the map's BTF type when the map carries BTF (ints, enums, structs as dicts by field name, arrays
+as lists, char arrays as strings), hex otherwise.
 Every encoder checks the size: a value that does not fit, or a raw value of another length, is a CodecError.
 """
 
@@ -29,8 +22,8 @@ import struct
 
 # the encoders themselves live one layer down, shared with an object's global variables (_program)
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.btf_values import (
-    BYTEORDER, BtfCodec, CodecError, decode_hex, decode_mac, decode_string, encode_hex, encode_int,
-    encode_ipv4, encode_ipv6, encode_mac, encode_string)
+    BYTEORDER, BtfCodec, CodecError, decode_hex, decode_ipv4, decode_ipv6, decode_mac, decode_string, encode_hex,
+    encode_int, encode_ipv4, encode_ipv6, encode_mac, encode_string)
 
 FORMATS = ("auto", "int", "hex", "ipv4", "ipv6", "mac", "string")
 
@@ -98,9 +91,9 @@ class Codec(object):
         if self.fmt == "hex":
             return decode_hex
         if self.fmt == "ipv4":
-            return socket.inet_ntoa
+            return decode_ipv4
         if self.fmt == "ipv6":
-            return lambda data: socket.inet_ntop(socket.AF_INET6, data)
+            return decode_ipv6
         if self.fmt == "mac":
             return decode_mac
         return decode_string

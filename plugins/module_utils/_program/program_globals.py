@@ -13,7 +13,6 @@ or an array of unsigned integers of 4, 16 or 6 bytes may be an IPv4 address, an 
 stored in network byte order as map keys are (format ipv4/ipv6/mac); a byte array also takes a hex string.
 Importable without ansible.
 """
-import socket
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import btf_values as bv
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import elf_globals
@@ -163,18 +162,17 @@ def _takes_address(btf, t, size):
     return t["kind"] == "array" and _unsigned_int(btf, t["type"])
 
 
+_ADDRESS_CODECS = {4: (bv.encode_ipv4, bv.decode_ipv4), 16: (bv.encode_ipv6, bv.decode_ipv6),
+                   6: (bv.encode_mac, bv.decode_mac)}
+
+
 def _address(text, size):
     """Network-order bytes of an address of `size` bytes written as text, or None when it is not one."""
-    encode = {4: bv.encode_ipv4, 16: bv.encode_ipv6, 6: bv.encode_mac}[size]
     try:
-        return encode(text, size)
+        return _ADDRESS_CODECS[size][0](text, size)
     except bv.CodecError:
         return None
 
 
 def _address_text(data):
-    if len(data) == 4:
-        return socket.inet_ntop(socket.AF_INET, data)
-    if len(data) == 16:
-        return socket.inet_ntop(socket.AF_INET6, data)
-    return bv.decode_mac(data)
+    return _ADDRESS_CODECS[len(data)][1](data)
