@@ -17,7 +17,7 @@ import time
 
 ORDER = ["bullseye", "bullseye-lsm", "bookworm", "trixie", "sid", "custom"]
 FEATURES = ["xdp", "tc", "tcx", "tracepoint", "raw_tracepoint", "kprobe", "uprobe", "fentry", "cgroup", "lsm",
-            "global_data", "bpf_link", "perf_link", "ringbuf", "btf", "bpf_stats"]
+            "global_data", "bpf_link", "perf_link", "holder", "ringbuf", "btf", "bpf_stats"]
 
 
 def _rank(name):
@@ -63,6 +63,9 @@ def load_run(run, kernels=True):
         verify = _load(os.path.join(run, "results", name + ".verify.json"), {})
         rollout = _load(os.path.join(run, "results", name + ".rollout.json"), None)
         results.append(merge(_load(path, {"guest": name}), verify, instances.get(name), steps, rollout))
+        holder = _load(os.path.join(run, "results", name + ".holder.json"), None)  # verify's SIGKILL of the holder
+        if holder:
+            results[-1]["holder"] = holder
     phases = load_phases(run)
     for r in results:
         r["rollout_phases"] = phases
@@ -240,6 +243,8 @@ def to_json(results, generated=None, phases=None):
         }
         if r.get("rollout"):
             guests[r["guest"]]["rollout"] = rollout_summary(r["rollout"])
+        if r.get("holder"):
+            guests[r["guest"]]["holder"] = r["holder"]
         if r.get("kernel"):  # a kernel brought: its files and its own run's step times
             guests[r["guest"]]["kernel"] = r["kernel"]
             guests[r["guest"]]["steps_seconds"] = r.get("steps", {})
@@ -313,7 +318,7 @@ def to_markdown(report):
                             "| kernel | " + " | ".join(guests[n]["release"] or "?" for n in names) + " |"]
     for f in FEATURES:
         out.append("| %s | %s |" % (f, " | ".join(_mark(guests[n]["features"].get(f)) for n in names)))
-    out += ["", "## Programs (outcome, counter after traffic)", ""]
+    out += ["", "## Programs (outcome, counter after traffic; held: kept by hypermesh-ebpf-holder.service)", ""]
     programs = sorted({p for n in names for p in guests[n]["programs"]})
     out.append("| program | " + " | ".join(names) + " |")
     out.append("|---|" + "---|" * len(names))
@@ -325,11 +330,21 @@ def to_markdown(report):
                 cells.append("-")
                 continue
             cell = entry.get("outcome", "?")
+            if entry.get("held"):
+                cell += ", held"  # kept by the holder service: the kernel has no pinnable link for it
             if entry.get("counter") is not None:
                 moved = entry.get("counter_before") is None or entry["counter"] > entry["counter_before"]
                 cell += " (%s%s)" % (entry["counter"], "" if moved else ", did not move")
             cells.append(cell)
         out.append("| %s | %s |" % (p, " | ".join(cells)))
+    killed = [n for n in names if guests[n].get("holder")]
+    if killed:
+        out += ["", "## The holder killed (verify: SIGKILL, then systemd starts it again)", "",
+                "| guest | held programs | all held again after (ms) | counters moved after |", "|---|---|---|---|"]
+        for n in killed:
+            h = guests[n]["holder"]
+            out.append("| %s | %s | %s | %s |" % (n, ", ".join(h.get("held", [])), h.get("back_ms"),
+                                                  ", ".join("%s +%s" % kv for kv in sorted(h.get("moved", {}).items()))))
     out += ["", "## Refusals", ""]
     for n in names:
         for p, msg in guests[n]["refused"].items():
@@ -351,7 +366,8 @@ def to_markdown(report):
     if rolled:
         out += ["", "## Rollout (playbooks/rollout.yml on every guest at once, then reboot, then prune)", "",
                 "Side effect of the scenario (extensions/molecule/default/side_effect.yml): r_blocklist (XDP, "
-                "declared map entry), r_tc (tc egress), r_rawtp (raw tracepoint). Per rollout the changed tasks "
+                "declared map entry), r_tc (tc egress), r_rawtp (raw tracepoint), r_openat (tracepoint; held by "
+                "hypermesh-ebpf-holder.service where the kernel has no perf links). Per rollout the changed tasks "
                 "and the module runs on the guest (task results that ran a module there, counted by the "
                 "callback hm_changes; a module run costs 10-15 s under TCG); after the reboot, what "
                 "`hypermesh-ebpf-reapply.service` put back (read in the guest: pins, program and link lists, "

@@ -45,7 +45,7 @@ options:
     type: list
     elements: str
     choices: [xdp, tc, tcx, tracepoint, raw_tracepoint, kprobe, uprobe, fentry, cgroup, lsm, bpf_link, perf_link,
-              ringbuf, btf, bpf_stats, global_data]
+              holder, ringbuf, btf, bpf_stats, global_data]
   private_mounts:
     description:
       - Allow mounting securityfs or tracefs in a private, throw-away mount namespace to read what an
@@ -218,9 +218,9 @@ ansible_facts:
         features:
           description:
             - One entry per probed feature (C(xdp), C(tc), C(tcx), C(tracepoint), C(raw_tracepoint), C(kprobe),
-              C(uprobe), C(fentry), C(cgroup), C(lsm), C(bpf_link), C(perf_link), C(ringbuf), C(btf), C(bpf_stats),
-              C(global_data)), each with C(supported) (bool), C(probed) (false when the kernel could not be
-              asked, for example without CAP_BPF; C(supported) is then false), C(reason) (what the probe saw) and
+              C(uprobe), C(fentry), C(cgroup), C(lsm), C(bpf_link), C(perf_link), C(holder), C(ringbuf), C(btf),
+              C(bpf_stats), C(global_data)), each with C(supported) (bool), C(probed) (false when the kernel could
+              not be asked, for example without CAP_BPF; C(supported) is then false), C(reason) (what the probe saw) and
               C(min_kernel) (the upstream release that brought the feature, from the collection's requirements table).
             - An unsupported feature also has C(message), the collection's refusal text (the same the modules
               fail with) - the feature, the kernel release, the reason and what the feature needs.
@@ -237,6 +237,19 @@ ansible_facts:
                             lsm=...,bpf)"}
             tcx: {supported: true, probed: true, min_kernel: "6.6",
                   reason: BPF_PROG_QUERY with BPF_TCX_INGRESS on lo succeeds}
+        attach_kinds:
+          description:
+            - What each attach kind of M(hypermesh.ebpf.ebpf_program) gets on this host, from the features above
+              (only when every feature is probed, O(features) unset) - C(supported), C(held) (true when the
+              kernel cannot pin the attachment, no C(perf_link) or C(bpf_link), and the holder service
+              C(hypermesh-ebpf-holder.service) keeps it instead) and C(message) (how, or the refusal).
+          returned: when O(gather) includes C(features) and O(features) is not set
+          type: dict
+          sample:
+            tracepoint: {supported: true, held: true,
+                         message: "supported through the holder (the kernel has no perf_link: BPF_LINK_CREATE does
+                                   not know the BPF_PERF_EVENT attach type (EINVAL))"}
+            xdp: {supported: true, held: false, message: supported (xdp)}
 """
 
 import gc
@@ -245,6 +258,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import hardware, kernel_info, probes
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._host.requirements import FEATURES
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_gate
 
 PARTS = ["kernel", "hardware", "features"]
 
@@ -259,6 +273,8 @@ def gather(parts, features, private_mounts):
     if "features" in parts:
         found = probes.probe_all(features or FEATURES, allow_private_mount=private_mounts)
         facts["features"] = found
+        if not features:
+            facts["attach_kinds"] = program_gate.attach_kinds(found)
         for name in sorted(found):
             if not found[name]["probed"]:
                 warnings.append("eBPF feature %s: %s" % (name, found[name]["reason"]))

@@ -164,6 +164,18 @@ managed_names:
   returned: always
   type: list
   elements: str
+held:
+  description:
+    - The attachments the holder service (C(hypermesh-ebpf-holder.service)) keeps on a kernel that cannot pin them
+      (no perf links before 5.15, no bpf_link before 5.7), as the kernel confirms them (C(BPF_TASK_FD_QUERY) on
+      the holder's descriptors) - C(name), C(pin_root), C(prog_id), C(attach), C(holder_pid), C(fd), C(fd_type),
+      C(managed) and the program's C(run_cnt) and C(run_time_ns) (with O(stats)).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{name: tp_openat, pin_root: /sys/fs/bpf/hypermesh, prog_id: 38, fd_type: tracepoint, holder_pid: 342,
+            fd: 4, attach: {type: tracepoint, target: syscalls/sys_enter_openat}, managed: true, run_cnt: 1901,
+            run_time_ns: 2417305}]
 stats:
   description: How statistics were turned on; with O(wait_for_runs), also what the wait saw.
   returned: when O(stats=true) or O(wait_for_runs)

@@ -12,6 +12,13 @@ description:
   - Loads one program of an ELF object with the host's libbpf, pins it and its maps under
     C(<pin_root>/<name>/), attaches it (XDP and tc through netlink; tcx, tracepoint, raw_tracepoint, kprobe,
     uprobe, fentry/fexit, LSM and cgroup through pinned bpf links, so the attachment outlives the module).
+  - Where the kernel cannot pin the attachment (tracepoint, kprobe and uprobe before 5.15, which lack perf links;
+    raw_tracepoint before 5.7, without bpf_link), the program stays pinned and the holder service
+    C(hypermesh-ebpf-holder.service) keeps its perf event or raw tracepoint open - installed (its code in
+    C(/usr/lib/hypermesh-ebpf-holder)), enabled and started by this module on a host booted with systemd,
+    restarted by systemd within a second if it dies, re-attaching every held program from the requests in
+    C(/run/hypermesh-ebpf/held/). The result and the diff say C(held); state, check mode, diff and
+    O(state=absent) work as for any attachment.
   - The kernel is the source of truth. Only what the kernel cannot tell (the object's digest, the program name,
     the attach point) is recorded in C(<state_dir>/programs/<name>.json) (O(state_dir)).
   - A changed object, attach point or O(globals) replaces the program atomically where the kernel allows (XDP replace,
@@ -246,6 +253,11 @@ attach:
   description: The attach point, normalised.
   returned: when attached
   type: dict
+held:
+  description: True when the attachment is kept by the holder service (the kernel cannot pin it), false when it is
+    a pinned link or a netlink attachment.
+  returned: when attached
+  type: bool
 globals:
   description: The values of the object's global variables set by O(globals), normalised (predicted in check
     mode; C({}) when O(globals) was dropped and the program goes back to the compiled values).

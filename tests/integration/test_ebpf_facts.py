@@ -125,6 +125,21 @@ def test_kprobe_not_supported_because_no_kprobes(facts):
     assert all("message" not in facts["features"][name] for name in ALWAYS_HERE)
 
 
+def test_holder_not_supported_because_no_systemd(facts):
+    """This machine was not booted with systemd, so nothing could keep the holder service running."""
+    result = facts["features"]["holder"]
+    assert not os.path.isdir("/run/systemd/system")
+    assert result["supported"] is False and result["probed"] is True, result
+    assert result["reason"] == ("the host was not booted with systemd (no /run/systemd/system), which keeps the "
+                                "holder running")
+    assert result["min_kernel"] == "4.7"
+    assert result["message"].startswith("held attachments (tracepoint, kprobe and uprobe programs kept attached by "
+                                        "the holder service, hypermesh-ebpf-holder.service, where the kernel cannot "
+                                        "pin them) are not supported on kernel %s: the host was not booted with "
+                                        "systemd" % os.uname().release)
+    assert "; holder needs kernel >= 4.7 with perf events that run bpf programs" in result["message"]
+
+
 def test_require_gates_with_the_same_refusal(facts):
     """probes.require(), what the other modules gate with, refuses exactly what the facts call unsupported."""
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes

@@ -33,8 +33,13 @@ PYCACHE_ROOT = "/var/cache/hypermesh-ebpf/pycache"  # the modules' compiled modu
 RUN_DIR = "/run/hypermesh-ebpf"  # private directory (0700, root) of the host lock and the features memo
 LOCK_PATH = RUN_DIR + "/lock"  # the host-wide lock (flock)
 FEATURES_MEMO = RUN_DIR + "/features.json"  # kernel features found supported, for this boot
+HELD_DIR = RUN_DIR + "/held"  # what the holder is asked to hold: one <key>.json per attachment (program id, spec)
+HOLDER_STATUS = RUN_DIR + "/holder.json"  # what the holder holds: its pid, and per key the program id and fd
 
 # ---- systemd ----------------------------------------------------------------------------------------------------
 REAPPLY_UNIT = "hypermesh-ebpf-reapply.service"  # the boot-time re-apply unit
 UNIT_DIR = "/etc/systemd/system"  # where ebpf_state writes that unit
 REAPPLY_UNIT_PATH = UNIT_DIR + "/" + REAPPLY_UNIT  # the unit file itself
+HOLDER_UNIT = "hypermesh-ebpf-holder.service"  # the holder: keeps the attachments a kernel cannot pin
+HOLDER_UNIT_PATH = UNIT_DIR + "/" + HOLDER_UNIT
+HOLDER_LIB_DIR = "/usr/lib/hypermesh-ebpf-holder"  # the holder's code (its PYTHONPATH), written by ebpf_program

@@ -11,6 +11,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
 import subprocess
 
 ENV = {"LANG": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -25,3 +26,16 @@ def run(argv):
         raise OSError(exc.errno, "cannot run %s: %s" % (argv[0], exc.strerror))
     out, err = proc.communicate()
     return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+def systemctl(args):
+    """(returncode, stdout, stderr) of systemctl `args` (the default runner of the callers that take one)."""
+    return run(["systemctl"] + list(args))
+
+
+def systemctl_checked(runner, args):
+    """stdout of runner(args) (systemctl's, or a test's stand-in); OSError with systemctl's message if it failed."""
+    rc, out, err = runner(args)
+    if rc != 0:
+        raise OSError(errno.EIO, "systemctl %s: %s" % (" ".join(args), (err or out).strip() or "exit %d" % rc))
+    return out

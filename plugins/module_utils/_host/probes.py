@@ -22,6 +22,8 @@ Discriminators used where a feature is not a program type (documented here becau
   for the unknown attach type.
 - bpf_link: BPF_LINK_CREATE with prog_fd -1. Kernels with the command (5.7+) look the program up first and
   answer EBADF; older kernels answer EINVAL for the unknown command.
+- holder: the host runs systemd, and a perf event on a tracepoint takes a minimal program (PERF_EVENT_IOC_SET_BPF),
+  closed at once: what the holder does for attachments the kernel cannot pin (no perf links, or no bpf_link).
 - perf_link: BPF_LINK_CREATE of a loaded tracepoint program with attach type BPF_PERF_EVENT and a target fd
   that is not a perf event (the program's own fd). 5.15+ looks the perf event up and answers EBADF; before
   5.15 the attach type is unknown for link_create and the answer is EINVAL. Nothing can get attached.
@@ -448,6 +450,20 @@ def _probe_perf_link(host, fds):
     raise _No("BPF_LINK_CREATE with a non-perf target fd unexpectedly succeeded")
 
 
+def _probe_holder(host, fds):
+    if not os.path.isdir(os.path.join(host.root, "run/systemd/system")):
+        raise _No("the host was not booted with systemd (no /run/systemd/system), which keeps the holder running")
+    prog = _load(host, fds, bpf.BPF_PROG_TYPE_TRACEPOINT, "tracepoint", _TRACE)
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import perf
+    try:
+        event = fds.add(perf.open_tracepoint(TRACEPOINT))
+        perf.set_bpf(event, prog)
+    except perf.PerfError as exc:
+        raise _No("a perf event on %s cannot run a bpf program: %s" % (TRACEPOINT, exc))
+    return ("systemd runs this host, and a perf event on %s runs a minimal tracepoint program (PERF_EVENT_IOC_SET_BPF; "
+            "closed at once)" % TRACEPOINT)
+
+
 def _probe_ringbuf(host, fds):
     try:
         fds.add(bpf.map_create(bpf.BPF_MAP_TYPE_RINGBUF, 0, 0, os.sysconf("SC_PAGE_SIZE"), name="hm_probe"))
@@ -501,6 +517,7 @@ PROBES = {
     "xdp": _probe_xdp, "tc": _probe_tc, "tcx": _probe_tcx, "tracepoint": _probe_tracepoint,
     "raw_tracepoint": _probe_raw_tracepoint, "kprobe": _probe_kprobe, "uprobe": _probe_uprobe, "fentry": _probe_fentry,
     "cgroup": _probe_cgroup, "lsm": _probe_lsm, "bpf_link": _probe_bpf_link, "perf_link": _probe_perf_link,
+    "holder": _probe_holder,
     "ringbuf": _probe_ringbuf, "btf": _probe_btf, "bpf_stats": _probe_bpf_stats,
     "global_data": _probe_global_data,
 }

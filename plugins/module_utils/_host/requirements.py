@@ -84,6 +84,13 @@ REQUIREMENTS = {
         "what": "perf-event links (pinnable links for tracepoint, kprobe and uprobe programs)",
         "needs": "(BPF_LINK_CREATE with the BPF_PERF_EVENT attach type)",
     },
+    "holder": {
+        "min_kernel": "4.7",
+        "what": "held attachments (tracepoint, kprobe and uprobe programs kept attached by the holder service, "
+                "%s, where the kernel cannot pin them)" % layout.HOLDER_UNIT,
+        "needs": "with perf events that run bpf programs (PERF_EVENT_IOC_SET_BPF) and a host booted with systemd, "
+                 "which keeps the holder running",
+    },
     "ringbuf": {
         "min_kernel": "5.8",
         "what": "ring buffer maps",

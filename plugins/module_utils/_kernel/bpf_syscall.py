@@ -39,6 +39,7 @@ BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
 BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_BTF_GET_FD_BY_ID = 19
+BPF_TASK_FD_QUERY = 20
 BPF_MAP_FREEZE = 22
 BPF_BTF_GET_NEXT_ID = 23
 BPF_MAP_LOOKUP_BATCH = 24
@@ -679,6 +680,27 @@ def raw_tracepoint_open(tp_name, prog_fd):
     a.u32(8, prog_fd)
     a.used = max(a.used, 16)
     return a.call(BPF_RAW_TRACEPOINT_OPEN, tp_name or "")
+
+
+FD_TYPE_NAMES = {0: "raw_tracepoint", 1: "tracepoint", 2: "kprobe", 3: "kretprobe", 4: "uprobe", 5: "uretprobe"}
+
+
+def task_fd_query(pid, fd):
+    """BPF_TASK_FD_QUERY (4.15+): what the program behind descriptor `fd` of process `pid` is attached to (a perf
+    event or a raw tracepoint): {"prog_id", "fd_type" (FD_TYPE_NAMES' name), "name" (the tracepoint, kprobe
+    function or uprobe binary), "probe_offset", "probe_addr"}. An fd without a bpf program: BpfError."""
+    name = ctypes.create_string_buffer(256)
+    a = _Attr()
+    a.u32(0, pid)
+    a.u32(4, fd)
+    a.u32(12, len(name))
+    a.ptr(16, name)
+    a.u64(40, 0)
+    a.call(BPF_TASK_FD_QUERY, "pid %d fd %d" % (pid, fd))
+    fd_type = a.get_u32(28)
+    return {"prog_id": a.get_u32(24), "fd_type": FD_TYPE_NAMES.get(fd_type, str(fd_type)),
+            "name": name.value.decode("utf-8", "replace"), "probe_offset": struct.unpack_from("=Q", a.buf, 32)[0],
+            "probe_addr": struct.unpack_from("=Q", a.buf, 40)[0]}
 
 
 def prog_attach(target_fd, prog_fd, attach_type, flags=0, replace_prog_fd=0):

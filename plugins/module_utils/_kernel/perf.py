@@ -5,11 +5,14 @@
 One job: open a perf event fd for a tracepoint ("category/name", id from tracefs), a kprobe/kretprobe (the
 kprobe PMU, /sys/bus/event_source/devices/kprobe) or a uprobe/uretprobe (the uprobe PMU, layout.UPROBE_PMU: a
 binary's path and a file offset, optionally one process). The caller turns it into a bpf link with
-link_create(prog_fd, perf_fd, BPF_PERF_EVENT) and pins that link, so the attachment outlives the process.
+link_create(prog_fd, perf_fd, BPF_PERF_EVENT) and pins that link, so the attachment outlives the process; on a
+kernel without perf links, the holder (holder.py) runs the program through the event with set_bpf() and keeps
+the event open.
 Importable without ansible.
 """
 import ctypes
 import errno as errno_mod
+import fcntl
 import os
 import platform
 import struct
@@ -20,6 +23,8 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc
 _NR = {"x86_64": 298, "aarch64": 241, "armv7l": 364, "ppc64le": 319, "s390x": 331, "riscv64": 241}
 PERF_TYPE_TRACEPOINT = 2
 PERF_FLAG_FD_CLOEXEC = 1 << 3
+PERF_EVENT_IOC_ENABLE = 0x2400
+PERF_EVENT_IOC_SET_BPF = 0x40042408  # _IOW('$', 8, __u32)
 _ATTR_SIZE = 72  # PERF_ATTR_SIZE_VER1: has config1/config2 (kprobe function name or uprobe path, and offset)
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
@@ -125,3 +130,14 @@ def open_uprobe(path, offset, retprobe=False, pid=-1):
         hint = {errno_mod.ESRCH: ": no such process", errno_mod.ENOENT: ": no such file",
                 errno_mod.EINVAL: ": the kernel refused the offset or the file"}.get(e.errno, "")
         raise PerfError(e.errno, "cannot create the %s%s (%s)" % (where, hint, e))
+
+
+def set_bpf(perf_fd, prog_fd):
+    """Run program prog_fd on every hit of perf event perf_fd and enable the event (PERF_EVENT_IOC_SET_BPF, 4.7+;
+    what a perf link does since 5.15). The attachment lasts as long as the event's descriptor is open."""
+    for request, arg in ((PERF_EVENT_IOC_SET_BPF, prog_fd), (PERF_EVENT_IOC_ENABLE, 0)):
+        try:
+            fcntl.ioctl(perf_fd, request, arg)
+        except (IOError, OSError) as e:
+            what = "PERF_EVENT_IOC_SET_BPF" if request == PERF_EVENT_IOC_SET_BPF else "PERF_EVENT_IOC_ENABLE"
+            raise PerfError(e.errno, "%s failed: %s" % (what, os.strerror(e.errno)))

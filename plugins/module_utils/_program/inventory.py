@@ -302,4 +302,18 @@ def collect(pin_root=layout.PIN_ROOT, netns=None, stats=False, stats_seconds=0, 
         ifaces.extend(interfaces(ns))
     result["interfaces"] = ifaces
     result["managed_names"] = names
+    result["held"] = held_with_runs(result["programs"])
     return result
+
+
+def held_with_runs(progs):
+    """The holder's attachments (held.held_attachments), each with its program's run_cnt and run_time_ns."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import held
+    by_id = dict((p["id"], p) for p in progs)
+    out = []
+    for entry in held.held_attachments():
+        prog = by_id.get(entry["prog_id"]) or {}
+        entry.update(run_cnt=prog.get("run_cnt"), run_time_ns=prog.get("run_time_ns"),
+                     managed=prog.get("managed", False))
+        out.append(entry)
+    return out

@@ -28,6 +28,7 @@ import os
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_attach as pa
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.held import Held
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state as ps
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import tcx_order
 
@@ -83,11 +84,16 @@ class Program(object):
             return "absent"
         if not rec or rec.get("pending") or live.stages or not live.prog_id or rec.get("prog_id") != live.prog_id:
             return "inconsistent"
-        if rec.get("attach") and pa.is_attached(rec["attach"], live.prog_id, live.link):
+        if rec.get("attach") and self._is_attached(rec, live):
             return "attached"
         if not rec.get("attach") and not live.link:
             return "loaded"
         return "inconsistent"
+
+    def _is_attached(self, rec, live):
+        if rec.get("held"):  # kept by the holder: no link pinned, the holder's descriptor runs our program
+            return not live.link and Held(self.pin_root, self.name).held_prog_id(rec["attach"]) == live.prog_id
+        return pa.is_attached(rec["attach"], live.prog_id, live.link)
 
     def before(self):
         rec = self.record or {}
@@ -95,6 +101,8 @@ class Program(object):
         if out["state"] != "absent":
             out.update(object=rec.get("object"), sha256=rec.get("sha256"), program=rec.get("program"),
                        attach=rec.get("attach"), kernel=self.live.summary())
+            if rec.get("attach"):
+                out["held"] = bool(rec.get("held"))
             if rec.get("globals"):
                 out["globals"] = rec["globals"]  # the values it was loaded with
             if tcx_order.of(rec.get("attach")):
@@ -161,7 +169,9 @@ class Program(object):
             maps, shared = self._pin_maps(libbpf_object, stage)
 
             link_new = False
-            if want["state"] == "attached":
+            if want["state"] == "attached" and want.get("held"):
+                self._hold(spec, new_id, undo)
+            elif want["state"] == "attached":
                 link_new = self._attach(spec, prog_fd, new_id, stage, force, undo)
 
             self._swap(want, spec, stage, link_new, new_id)
@@ -181,6 +191,8 @@ class Program(object):
             record["programs"] = want["programs"]  # the object's programs as libbpf read them (by sha256)
         if want.get("globals"):
             record["globals"] = want["globals"]  # the values of the object's globals it was loaded with
+        if want["state"] == "attached" and want.get("held"):
+            record["held"] = True  # attached through the holder (held.py), not a pinned link
         ps.write_record(self.name, record, self.state_dir)
         for old in self.live.stages:
             ps.remove_tree(old)
@@ -301,6 +313,13 @@ class Program(object):
             bs.close(link_fd)
         return True
 
+    def _hold(self, spec, new_id, undo):
+        """Have the holder attach the new program (it attaches the new one before it lets the old one go)."""
+        held = Held(self.pin_root, self.name)
+        previous = held.request()
+        undo.append(lambda: held.restore(previous))
+        held.hold(new_id, spec)
+
     def _restore_slot(self, spec, holder, new_id):
         fd = bs.get_fd_by_id("prog", holder)
         try:
@@ -318,8 +337,10 @@ class Program(object):
             replaced = tcx_order.open_replaced(spec, link)  # tcx: the old link, detached now, not when freed
             os.rename(os.path.join(stage, layout.PIN_LINK), link)
             tcx_order.detach(replaced)
-        elif want["state"] != "attached" or spec["type"] in pa.NETLINK_KINDS:
+        elif want["state"] != "attached" or spec["type"] in pa.NETLINK_KINDS or want.get("held"):
             _unlink(link)
+        if not (want["state"] == "attached" and want.get("held")):
+            Held(self.pin_root, self.name).release()  # held before, if at all: let go (a no-op when not)
         owned = set(self.live.owned_prog_ids) | set([new_id])
         rec = self.record or {}
         olds = [rec.get("attach"), (rec.get("pending") or {}).get("attach")]
@@ -370,6 +391,7 @@ class Program(object):
             for spec in specs:
                 if spec and spec["type"] in pa.NETLINK_KINDS:
                     pa.detach_netlink(spec, owned)
+        Held(self.pin_root, self.name).release()  # a held attachment (if any) goes with its program
         link = os.path.join(self.dir, layout.PIN_LINK)
         if os.path.exists(link):
             try:

@@ -73,9 +73,22 @@ def has_privileges():
 
 def gate(spec):
     """Refuse before any change when this kernel lacks a feature the attach point needs (program_gate: the
-    probes' answer, remembered for the boot once it is yes)."""
+    probes' answer, remembered for the boot once it is yes). Returns True when the attachment is to be held:
+    the kernel lacks only the pinnable link (perf_link, or bpf_link for a raw tracepoint) and the holder works."""
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_gate
-    program_gate.require(spec_mod.FEATURES[spec["type"]])
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
+    features = spec_mod.FEATURES[spec["type"]]
+    try:
+        program_gate.require(features)
+        return False
+    except probes.Unsupported as e:
+        if spec["type"] not in spec_mod.HELD_KINDS or e.feature != features[-1]:
+            raise
+        try:
+            program_gate.require(features[:-1] + ("holder",))
+        except probes.Unsupported as h:
+            raise probes.Unsupported(e.feature, e.reason, "%s; nor can the holder keep it: %s" % (e, h))
+        return True
 
 
 def gate_global_data(obj):
@@ -90,8 +103,10 @@ def errors():
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.libbpf import LibbpfError
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.perf import PerfError
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.held import HoldError
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.holder_service import HolderUnavailable
     out = [spec_mod.SpecError, LibbpfError, PerfError, probes.Unsupported, ApplyError, pa.AttachError,
-           LockTimeout, OSError]
+           HoldError, HolderUnavailable, LockTimeout, OSError]
     try:
         from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.netlink import NetlinkError
         out.append(NetlinkError)
@@ -191,6 +206,7 @@ class ProgramRun(object):
                 out["link_id"] = live.link_id
         if after.get("attach"):
             out["attach"] = after["attach"]
+            out["held"] = bool(after.get("held"))
         if "globals" in after:
             out["globals"] = after["globals"]
         return out
@@ -203,16 +219,21 @@ class ProgramRun(object):
             after["globals"] = want["globals"]
         if prog.in_sync(want):
             after["kernel"] = before.get("kernel")
+            after["held"] = before.get("held", False)
             return self.result(False, prog, before, after)
         self.prepare()
         if p["state"] == "attached":
             prog.check_slot(want["attach"], p["force"])
         if self.spec:
-            gate(self.spec)  # before any change (and in check mode, so it predicts the refusal too)
+            want["held"] = gate(self.spec) and p["state"] == "attached"  # before any change, in check mode too
+            after["held"] = want["held"]
         gate_global_data(self.obj)
         if p["state"] == "attached":
             tcx_order.check(want["attach"], prog.pin_root, prog.name, p["state_dir"], self.planned)  # a relative: managed, same hook
         if not self.check_mode:
+            if want.get("held"):
+                from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import holder_service
+                holder_service.ensure()  # installed, enabled, running (nothing changes if it already is)
             prog.converge(want, p["object"], self.obj, force=p["force"])
             after["kernel"] = prog.live.summary()
         return self.result(True, prog, before, after)

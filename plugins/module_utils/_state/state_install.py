@@ -388,16 +388,8 @@ def unit_text(python, lib_dir, state_dir, desired):
     return UNIT % values
 
 
-def systemctl(args):
-    """(returncode, stdout, stderr) of systemctl `args` (the default runner)."""
-    return host_command.run(["systemctl"] + list(args))
-
-
-def _systemctl(runner, args):
-    rc, out, err = runner(args)
-    if rc != 0:
-        raise OSError(errno.EIO, "systemctl %s: %s" % (" ".join(args), (err or out).strip() or "exit %d" % rc))
-    return out
+systemctl = host_command.systemctl
+_systemctl = host_command.systemctl_checked
 
 
 def plan_unit(text, path=layout.REAPPLY_UNIT_PATH, runner=None):

@@ -4,9 +4,11 @@
 
 --present {name: attach point as the role was given it}: the program is pinned (<pin-root>/<name>/prog), the
   kernel lists that program, and it is attached where it should be: XDP and tc read back through netlink
-  (`bpftool net show` inside the namespace), link-based kinds through the pinned link and `bpftool link show`.
+  (`bpftool net show` inside the namespace), link-based kinds through the pinned link and `bpftool link show`,
+  or, without a pinned link, through a perf event the holder service's main process has open (`bpftool perf`).
 --absent [name]: no pins left under <pin-root>/<name>, and the program and link ids this checker saw for it the
-  last time (--ids) are gone from the kernel's lists.
+  last time (--ids) are gone from the kernel's lists (and from the holder's perf events).
+--moves PROG/MAP: the pinned map's values move while files are opened (a tracepoint counter counting again).
 --blocked PROG/MAP/ADDR: ADDR is a key of the pinned map, and 20 UDP datagrams sent from ADDR's namespace hm0
   to 10.199.1.2 move its value (the XDP blocklist counts the drops per source).
 Exit status 0; the caller asserts `problems` is empty (so the state is recorded either way).
@@ -65,7 +67,36 @@ def pinned_id(path, kind):
     return bpftool(kind, "show", "pinned", path).get("id")
 
 
-def check_present(root, name, attach, progs, links, problems):
+HOLDER_UNIT = "hypermesh-ebpf-holder.service"
+
+
+def perf_holders():
+    """{prog_id: [pid]} of the perf events and raw tracepoints processes hold (`bpftool perf`)."""
+    out = {}
+    for e in bpftool("perf") or []:
+        out.setdefault(e["prog_id"], []).append(e["pid"])
+    return out
+
+
+def holder_pid():
+    out = subprocess.run(["systemctl", "show", "-p", "MainPID", "--value", HOLDER_UNIT], stdout=subprocess.PIPE,
+                         universal_newlines=True, check=False).stdout.strip()
+    return int(out or 0)
+
+
+def map_total(path):
+    """Sum of the integer values of a pinned map (raw bytes or BTF-formatted, per-CPU values added up)."""
+    total = 0
+    for e in bpftool("map", "dump", "pinned", path) or []:
+        e = e.get("formatted", e)
+        for v in e.get("values", [e.get("value")]):
+            v = v.get("value") if isinstance(v, dict) and "cpu" in v else v
+            v = raw_int(v)
+            total += v if isinstance(v, int) else 0
+    return total
+
+
+def check_present(root, name, attach, progs, links, problems, held=None):
     d = os.path.join(root, name)
     rec = {"pins": sorted(os.listdir(d)) if os.path.isdir(d) else []}
     pid = pinned_id(os.path.join(d, "prog"), "prog")
@@ -91,8 +122,12 @@ def check_present(root, name, attach, progs, links, problems):
     else:
         lid = pinned_id(os.path.join(d, "link"), "link")
         rec["link_id"] = lid
-        if lid is None:
-            problems.append("%s: no pinned link at %s/link" % (name, d))
+        holder = holder_pid() if lid is None else 0
+        if lid is None and holder and holder in (held or {}).get(pid, []):
+            rec["held_by"] = holder
+        elif lid is None:
+            problems.append("%s: no pinned link at %s/link, and the holder (pid %s) has no perf event of program "
+                            "%s" % (name, d, holder, pid))
         elif lid not in links:
             problems.append("%s: pinned link %s not in the kernel's link list" % (name, lid))
         elif links[lid].get("prog_id") != pid:
@@ -106,14 +141,16 @@ def main():
     ap.add_argument("--present", default="{}")
     ap.add_argument("--absent", default="[]")
     ap.add_argument("--blocked")
+    ap.add_argument("--moves")
     ap.add_argument("--ids", default="/var/lib/hm-matrix/rollout-ids.json")
     args = ap.parse_args()
     problems, out = [], {"programs": {}, "absent": {}}
     try:
         progs = {p["id"]: p for p in bpftool("prog", "show") or []}
         links = {l["id"]: l for l in bpftool("link", "show") or []}
+        held = perf_holders()
         for name, attach in sorted(json.loads(args.present).items()):
-            out["programs"][name] = check_present(args.pin_root, name, attach, progs, links, problems)
+            out["programs"][name] = check_present(args.pin_root, name, attach, progs, links, problems, held)
         try:
             with open(args.ids) as f:
                 seen = json.load(f)
@@ -131,6 +168,9 @@ def main():
                 problems.append("%s: program %s still loaded" % (name, before["prog_id"]))
             if before.get("link_id") and before["link_id"] in links:
                 problems.append("%s: link %s still in the kernel" % (name, before["link_id"]))
+            if before.get("prog_id") in held:
+                problems.append("%s: program %s still held by pid %s"
+                                % (name, before["prog_id"], held[before["prog_id"]]))
             out["absent"][name] = rec
         if args.blocked:
             prog, mapname, addr = args.blocked.split("/")
@@ -152,6 +192,17 @@ def main():
             if before is not None and (after is None or after <= before):
                 problems.append("%s: drops counted for %s stayed at %s after %d datagrams from it"
                                 % (prog, addr, after, sent))
+        if args.moves:
+            prog, mapname = args.moves.split("/")
+            path = os.path.join(args.pin_root, prog, "maps", mapname)
+            before = map_total(path)
+            for _i in range(20):
+                with open("/etc/hostname") as f:
+                    f.read()
+            after = map_total(path)
+            out["moves"] = {"map": path, "before": before, "after": after}
+            if after <= before:
+                problems.append("%s: %s stayed at %s while files were opened" % (prog, path, after))
         seen.update({n: {"prog_id": r.get("prog_id"), "link_id": r.get("link_id")}
                      for n, r in out["programs"].items()})
         os.makedirs(os.path.dirname(args.ids), exist_ok=True)

@@ -4,6 +4,7 @@ move with traffic and syscalls made here, and gating both ways (refused exactly 
 Runs under Molecule's testinfra verifier (one SSH connection per guest). Counters found are written to
 $HYPERMESH_RESULTS/<guest>.verify.json for the report.
 """
+import base64
 import json
 import os
 
@@ -42,19 +43,77 @@ TRAFFIC = {
 }
 
 
-# Features an attach point needs beyond its program type: tracepoint and kprobe attachments outlive the
-# module only as pinned perf-event links (perf_link, 5.15+), so ebpf_program refuses them without it.
-EXTRA_NEEDS = {"tracepoint": ["perf_link"], "kprobe": ["perf_link"], "uprobe": ["perf_link"], "global_data": ["xdp"]}
+# Features an attach point needs beyond its program type. Tracepoint, kprobe and uprobe attachments outlive
+# the module as pinned perf-event links (perf_link, 5.15+) or, where the kernel has none, through the holder
+# service (holder); "a|b" is either.
+EXTRA_NEEDS = {"tracepoint": ["perf_link|holder"], "kprobe": ["perf_link|holder"], "uprobe": ["perf_link|holder"],
+               "global_data": ["xdp"]}
+HOLDER_UNIT = "hypermesh-ebpf-holder.service"
 
 
 def needs(feature):
     return [feature] + EXTRA_NEEDS.get(feature, [])
 
 
+def supported(result, need):
+    return any(result["features"][f]["supported"] for f in need.split("|"))
+
+
+def missing_needs(result, program):
+    return [n for n in needs(result["programs"][program]["feature"]) if not supported(result, n)]
+
+
 def probed_supported(result, program):
     """True when the guest's probes (ebpf_facts, before any program was loaded) say every feature `program`
     needs works: then it must be attached, whatever the module did."""
-    return all(result["features"][f]["supported"] for f in needs(result["programs"][program]["feature"]))
+    return not missing_needs(result, program)
+
+
+def held_programs(result):
+    """The converge programs attached through the holder; the test skips, with the reason, where none is."""
+    held = dict((n, p) for n, p in result["programs"].items() if p.get("held"))
+    if not held:
+        pytest.skip("no program is held in this guest: perf links %s" % (
+            "work here" if result["features"]["perf_link"]["supported"] else "are missing, and so is the holder"))
+    return held
+
+
+def perf_fds(host):
+    """{prog_id: [(pid, fd, fd_type)]} of `bpftool perf` (BPF_TASK_FD_QUERY over every process)."""
+    out = {}
+    for e in bpftool(host, "perf") or []:
+        out.setdefault(e["prog_id"], []).append((e["pid"], e["fd"], e.get("fd_type")))
+    return out
+
+
+def holder_pid(host):
+    return int(host.check_output("systemctl show -p MainPID --value %s" % HOLDER_UNIT) or 0)
+
+
+# Run in the guest (its own clock, no SSH round trip in the figure): SIGKILL the holder, then the milliseconds
+# until a new main process of the unit has a perf event open for every one of the program ids (20 s at most).
+KILL_AND_WAIT = """
+import json, os, signal, subprocess, sys, time
+old, want = int(sys.argv[1]), sorted(json.loads(sys.argv[2]))
+def out(*argv):
+    return subprocess.run(argv, stdout=subprocess.PIPE, universal_newlines=True).stdout
+os.kill(old, signal.SIGKILL)
+t0 = time.monotonic()
+while time.monotonic() - t0 < 20:
+    pid = int(out("systemctl", "show", "-p", "MainPID", "--value", "%s") or 0)
+    if pid and pid != old:
+        held = sorted(set(e["prog_id"] for e in json.loads(out("bpftool", "-j", "perf") or "[]") if e["pid"] == pid))
+        if held == want:
+            break
+    time.sleep(0.05)
+print(int((time.monotonic() - t0) * 1000))
+""" % HOLDER_UNIT
+
+
+def kill_holder_and_wait(host, old, want):
+    script = base64.b64encode(KILL_AND_WAIT.encode()).decode()
+    return int(host.check_output("echo %s | base64 -d > /tmp/hm-kill.py && python3 /tmp/hm-kill.py %d '%s'"
+                                 % (script, old, json.dumps(want))))
 
 
 def converge_result(name):
@@ -116,14 +175,56 @@ def test_gating_agrees_with_the_probes(result):
     refused, with the collection's refusal message naming a feature the probe said no to."""
     wrong = {}
     for name, p in result["programs"].items():
-        missing = [f for f in needs(p["feature"]) if not result["features"][f]["supported"]]
+        missing = missing_needs(result, name)
         if not missing and p["outcome"] != "attached":
             wrong[name] = "probes say %s work, module: %s %s" % (needs(p["feature"]), p["outcome"], p["message"])
         if missing and p["outcome"] != "refused":
             wrong[name] = "probe says %s does not work, module: %s" % (missing, p["outcome"])
-        if missing and not any(p["message"].find(f + " needs") >= 0 for f in missing):
+        named = [f for n in missing for f in n.split("|")]
+        if missing and not any(p["message"].find(f + " needs") >= 0 for f in named):
             wrong[name] = "refusal does not name %s: %s" % (missing, p["message"])
+        # held exactly where the kernel has no perf links (and the holder works)
+        link_kind = "perf_link|holder" in needs(p["feature"])
+        want_held = link_kind and not missing and not result["features"]["perf_link"]["supported"]
+        if p["outcome"] == "attached" and bool(p.get("held")) != want_held:
+            perf_link = result["features"]["perf_link"]["supported"]
+            wrong[name] = "held %s, but perf_link supported=%s" % (p.get("held"), perf_link)
     assert not wrong
+
+
+def test_held_attachments_are_the_holders(host, result):
+    """Each held program runs through a perf event that the holder service's process has open (bpftool perf
+    asks the kernel, BPF_TASK_FD_QUERY), no link is pinned for it, and the service is enabled for the boot."""
+    held = held_programs(result)
+    pid = holder_pid(host)
+    assert pid, "%s has no main process" % HOLDER_UNIT
+    assert host.check_output("systemctl is-enabled %s" % HOLDER_UNIT) == "enabled"
+    fds = perf_fds(host)
+    for name, p in held.items():
+        assert [x for x in fds.get(p["prog_id"], []) if x[0] == pid], (name, p["prog_id"], fds)
+        assert not host.file("%s/%s/link" % (PIN_ROOT, name)).exists, name
+
+
+def test_holder_killed_is_back_within_5s_and_counting(host, result):
+    """SIGKILL the holder: its descriptors, and so the held attachments, die with it; systemd starts it again
+    and it attaches every held program from the pins within 5 s, and their counters move again."""
+    held = held_programs(result)
+    old = holder_pid(host)
+    want = sorted(p["prog_id"] for p in held.values())
+    back_ms = kill_holder_and_wait(host, old, want)
+    assert back_ms <= 5000, "the holder held %s again only after %d ms" % (want, back_ms)
+    assert holder_pid(host) != old
+    moved = {}
+    for name in held:
+        if name in TRAFFIC:
+            mapname, cmd = TRAFFIC[name]
+            path = "%s/%s/maps/%s" % (PIN_ROOT, name, mapname)
+            before = map_total(host, path)
+            host.check_output(cmd)
+            moved[name] = map_total(host, path) - before
+    assert moved and all(v > 0 for v in moved.values()), moved
+    with open(os.path.join(RESULTS, host.backend.get_hostname() + ".holder.json"), "w") as f:
+        json.dump({"back_ms": back_ms, "held": sorted(held), "moved": moved}, f, indent=1, sort_keys=True)
 
 
 def test_lsm_gating_both_ways(host, result):

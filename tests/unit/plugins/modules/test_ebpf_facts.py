@@ -1,6 +1,8 @@
 """ebpf_facts' orchestration: which parts are gathered, which features probed, what is warned about."""
 import pytest
 
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_spec as spec_mod
+
 from ansible_collections.hypermesh.ebpf.plugins.modules import ebpf_facts
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import hardware, kernel_info, probes
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._host.requirements import FEATURES
@@ -27,14 +29,15 @@ def fake_parts(monkeypatch):
 
 def test_all_parts_and_features(fake_parts):
     facts, warnings = ebpf_facts.gather(ebpf_facts.PARTS, None, True)
-    assert sorted(facts) == ["features", "hardware", "kernel"]
+    assert sorted(facts) == ["attach_kinds", "features", "hardware", "kernel"]  # attach_kinds: every feature probed
     assert fake_parts["features"] == (FEATURES, True)
+    assert sorted(facts["attach_kinds"]) == sorted(spec_mod.FEATURES)
     assert warnings == ["eBPF feature bpf_stats: could not probe: needs CAP_SYS_ADMIN (EPERM)"]
 
 
 def test_subset_without_private_mounts(fake_parts):
     facts, warnings = ebpf_facts.gather(["kernel", "features"], ["xdp", "tcx"], False)
-    assert sorted(facts) == ["features", "kernel"]
+    assert sorted(facts) == ["features", "kernel"]  # no attach_kinds from a subset of the features
     assert fake_parts == {"kernel": False, "features": (["xdp", "tcx"], False)}
     assert warnings == []
 

@@ -367,3 +367,37 @@ def test_probe_all_subset(tmp_path, monkeypatch):
 def test_unknown_feature():
     with pytest.raises(KeyError, match="unknown eBPF feature"):
         probes.run_probe("usdt", probes._Host("/nonexistent"))
+
+
+def test_holder_refused_without_systemd(tmp_path, monkeypatch):
+    kernel = FakeKernel(monkeypatch)
+    result = run(tmp_path, fakehost.DEBIAN11, "holder")  # the tree has no run/systemd/system
+    reason = "the host was not booted with systemd (no /run/systemd/system), which keeps the holder running"
+    assert result["supported"] is False and result["probed"] is True, result
+    assert result["reason"] == reason and result["min_kernel"] == "4.7"
+    assert result["message"].startswith("held attachments (tracepoint, kprobe and uprobe programs kept attached by "
+                                        "the holder service, hypermesh-ebpf-holder.service, where the kernel cannot "
+                                        "pin them) are not supported on kernel 5.10.0-30-cloud-amd64: " + reason)
+    assert "; holder needs kernel >= 4.7 with perf events that run bpf programs" in result["message"]
+    assert kernel.calls == []  # decided before asking the kernel
+
+
+def test_holder_with_systemd_sets_a_program_on_a_perf_event(tmp_path, monkeypatch):
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import perf
+    kernel = FakeKernel(monkeypatch)
+    events, set_on = [], []
+
+    def open_tracepoint(target):
+        events.append((target, os.open(os.devnull, os.O_RDONLY)))
+        return events[-1][1]
+    monkeypatch.setattr(perf, "open_tracepoint", open_tracepoint)
+    monkeypatch.setattr(perf, "set_bpf", lambda event, prog: set_on.append((event, prog)))
+    result = run(tmp_path, fakehost.DEBIAN11, "holder", {"run/systemd/system": fakehost.DIR})
+    assert result["supported"] is True, result
+    (_name, args, _kwargs), = kernel.called("prog_load")
+    assert args[0] == bpf.BPF_PROG_TYPE_TRACEPOINT
+    assert [t for t, _fd in events] == [probes.TRACEPOINT]
+    assert set_on == [(events[0][1], kernel.fds[0])]
+    assert kernel.all_closed()
+    with pytest.raises(OSError):
+        os.fstat(events[0][1])  # the perf event was closed too

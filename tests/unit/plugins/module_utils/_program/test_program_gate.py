@@ -76,3 +76,47 @@ def test_memo_that_cannot_be_written_still_gates(probes, tmp_path):
     blocker.write_text("")
     pg.require(("xdp",), str(blocker / "features.json"))     # its directory cannot exist
     assert probes.asked == ["xdp"]
+
+
+def _found(no=(), reasons=None):
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host.requirements import FEATURES
+    out = {}
+    for f in FEATURES:
+        ok = f not in no
+        out[f] = {"supported": ok, "probed": True, "reason": (reasons or {}).get(f, "probe of %s" % f)}
+        if not ok:
+            out[f]["message"] = "%s refused" % f
+    return out
+
+
+def test_attach_kinds_all_supported_none_held():
+    kinds = pg.attach_kinds(_found())
+    assert all(k["supported"] and not k["held"] for k in kinds.values()), kinds
+    assert kinds["tracepoint"]["message"] == "supported (tracepoint, perf_link)"
+
+
+def test_attach_kinds_without_perf_links_are_held_where_the_holder_works():
+    kinds = pg.attach_kinds(_found(no=("perf_link",), reasons={"perf_link": "EINVAL"}))
+    for kind in ("tracepoint", "kprobe", "kretprobe", "uprobe", "uretprobe"):
+        assert kinds[kind]["supported"] and kinds[kind]["held"], kind
+        assert kinds[kind]["message"] == "supported through the holder (the kernel has no perf_link: EINVAL)"
+    assert kinds["xdp"] == {"supported": True, "held": False, "message": "supported (xdp)"}
+    assert not kinds["raw_tracepoint"]["held"]
+
+
+def test_attach_kinds_without_the_holder_are_refused_with_the_link_refusal():
+    kinds = pg.attach_kinds(_found(no=("perf_link", "holder")))
+    assert kinds["tracepoint"] == {"supported": False, "held": False, "message": "perf_link refused"}
+
+
+def test_attach_kinds_missing_program_type_is_not_held():
+    kinds = pg.attach_kinds(_found(no=("kprobe", "perf_link")))
+    assert kinds["kprobe"] == {"supported": False, "held": False, "message": "kprobe refused"}
+    assert kinds["tracepoint"]["held"]
+
+
+def test_before_5_7_raw_tracepoint_is_held_and_fentry_refused():
+    kinds = pg.attach_kinds(_found(no=("bpf_link", "perf_link")))
+    assert kinds["raw_tracepoint"]["held"] and kinds["raw_tracepoint"]["supported"]
+    assert kinds["fentry"] == {"supported": False, "held": False, "message": "bpf_link refused"}
+    assert kinds["cgroup"]["supported"] is False

@@ -222,3 +222,55 @@ def test_check_mode_predicts_a_uprobe_with_its_offset_and_pins_nothing(pin_root,
     assert not os.path.exists(os.path.join(pin_root, "x")) and not state_dir.exists()
     with pytest.raises(pr.pa.AttachError, match="has no function symbol hm_none"):
         pr.apply(dict(params, attach={"uprobe": {"path": binary, "symbol": "hm_none"}}), check_mode=True)
+
+
+class _Unsupported(Exception):
+    def __init__(self, feature, reason, message):
+        Exception.__init__(self, message)
+        self.feature, self.reason = feature, reason
+
+
+@pytest.fixture
+def gate_probes(monkeypatch):
+    """program_gate.require with `no` the unsupported features (probes.Unsupported as the probes raise it)."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_gate
+    no = set()
+
+    def require(features, memo_path=None):
+        for f in features:
+            if f in no:
+                raise probes.Unsupported(f, "no %s here" % f, "%s are not supported on kernel 5.10: no %s" % (f, f))
+    monkeypatch.setattr(program_gate, "require", require)
+    return no
+
+
+def test_gate_links_where_the_kernel_pins(gate_probes):
+    assert pr.gate({"type": "tracepoint", "target": "syscalls/sys_enter_openat"}) is False
+
+
+def test_gate_holds_where_only_the_perf_link_is_missing(gate_probes):
+    gate_probes.add("perf_link")
+    for kind in ("tracepoint", "kprobe", "kretprobe"):
+        assert pr.gate({"type": kind, "target": "x"}) is True
+    assert pr.gate({"type": "uprobe", "path": "/bin/true", "offset": 0}) is True
+    assert pr.gate({"type": "xdp", "interface": "lo"}) is False
+
+
+def test_gate_refuses_when_neither_link_nor_holder(gate_probes):
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
+    gate_probes.update(["perf_link", "holder"])
+    with pytest.raises(probes.Unsupported) as e:
+        pr.gate({"type": "tracepoint", "target": "x"})
+    assert "perf_link are not supported" in str(e.value) and "nor can the holder keep it: holder are" in str(e.value)
+
+
+def test_gate_never_holds_a_missing_program_type(gate_probes):
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
+    gate_probes.update(["kprobe", "perf_link"])
+    with pytest.raises(probes.Unsupported, match="kprobe are not supported"):
+        pr.gate({"type": "kprobe", "target": "x"})
+    gate_probes.add("bpf_link")
+    with pytest.raises(probes.Unsupported, match="bpf_link are not supported"):
+        pr.gate({"type": "fentry", "target": "x"})  # fentry has no held form
+    assert pr.gate({"type": "raw_tracepoint", "target": "sys_enter"}) is True  # before 5.7: held
