@@ -143,6 +143,7 @@ BPF_ANY = 0
 BPF_F_RDONLY = 1 << 3
 BPF_F_RDONLY_PROG = 1 << 7  # map_create: programs may only read it (.rodata, 5.2+)
 BPF_PSEUDO_MAP_VALUE = 2  # ld_imm64 src_reg: the address of a map value (global data, 5.2+)
+BPF_F_ALLOW_MULTI = 1 << 1  # prog_attach: one of several programs on the cgroup hook (4.15+)
 BPF_F_REPLACE = 1 << 2
 # multi-attach (tcx, 6.6+) positions for BPF_LINK_CREATE: before/after the relative (relative_fd or relative_id),
 # or first/last with no relative; BPF_F_ID: the relative is an id, BPF_F_LINK: the relative is a link

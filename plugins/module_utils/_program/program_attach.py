@@ -275,6 +275,53 @@ def create_link(spec, prog_fd, pin_root=None, state_dir=None):
     raise AttachError("cannot attach %s" % kind)
 
 
+# ---- cgroup programs on kernels without bpf_link (before 5.7): BPF_PROG_ATTACH, one of several on the hook ----
+def _cgroup_fd(spec):
+    return os.open(spec["path"], os.O_RDONLY | os.O_DIRECTORY)
+
+
+def cgroup_attached_ids(spec):
+    """The program ids attached at spec's cgroup hook (BPF_PROG_QUERY); [] when the cgroup is gone."""
+    try:
+        cg = _cgroup_fd(spec)
+    except OSError:
+        return []
+    try:
+        return bs.prog_query(cg, _cgroup_attach_type(spec))
+    finally:
+        os.close(cg)
+
+
+def cgroup_prog_attach(spec, prog_fd):
+    """Attach prog_fd at spec's cgroup hook beside what runs there (BPF_F_ALLOW_MULTI): a replace attaches the new
+    program first and detaches the old one after, so the hook is never without ours."""
+    cg = _cgroup_fd(spec)
+    try:
+        bs.prog_attach(cg, prog_fd, _cgroup_attach_type(spec), bs.BPF_F_ALLOW_MULTI)
+    except OSError as e:
+        hint = (": a program attached there without BPF_F_ALLOW_MULTI holds the hook alone"
+                if e.errno == errno.EPERM else "")
+        raise AttachError("cannot attach at %s (BPF_PROG_ATTACH: %s)%s" % (describe(spec), e, hint))
+    finally:
+        os.close(cg)
+
+
+def cgroup_prog_detach(spec, prog_id):
+    """Detach program prog_id from spec's cgroup hook; False when it is not attached there (or is gone)."""
+    if prog_id not in cgroup_attached_ids(spec):
+        return False
+    fd = bs.get_fd_by_id("prog", prog_id)
+    try:
+        cg = _cgroup_fd(spec)
+        try:
+            bs.prog_detach(cg, _cgroup_attach_type(spec), fd)
+        finally:
+            os.close(cg)
+    finally:
+        bs.close(fd)
+    return True
+
+
 def can_update_link(old_spec, new_spec, link, pin_root=None, state_dir=None):
     """link_update swaps the program behind an existing link atomically when the attach point is the same (for an
     ordered tcx program: and the link is in its position; else a new link goes there, see tcx_order). A changed

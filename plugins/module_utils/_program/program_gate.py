@@ -69,16 +69,20 @@ def attach_kinds(found):
     """What each attach kind gets on this host, from the probes' results `found` ({feature: probe result}, every
     feature program_spec.FEATURES names): {kind: {"supported", "held", "message"}}. A kind whose only missing
     feature is its pinnable link (perf_link, or bpf_link for a raw tracepoint) is supported through the holder
-    when the holder works; else the message is the first missing feature's refusal."""
+    when the holder works, a cgroup hook without bpf_link through BPF_PROG_ATTACH; else the message is the first
+    missing feature's refusal."""
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_spec
     out = {}
     for kind, features in sorted(program_spec.FEATURES.items()):
         missing = [f for f in features if not found[f]["supported"]]
         if not missing:
             out[kind] = {"supported": True, "held": False, "message": "supported (%s)" % ", ".join(features)}
-        elif (missing == [features[-1]] and kind in program_spec.HELD_KINDS and found["holder"]["supported"]):
+        elif missing == [features[-1]] and kind in program_spec.HELD_KINDS and found["holder"]["supported"]:
             out[kind] = {"supported": True, "held": True, "message": "supported through the holder (the kernel has "
                                                                      "no %s: %s)" % (missing[0], found[missing[0]]["reason"])}
+        elif missing == [features[-1]] and kind == "cgroup":
+            out[kind] = {"supported": True, "held": False, "message": "supported through BPF_PROG_ATTACH with "
+                         "BPF_F_ALLOW_MULTI (the kernel has no %s: %s)" % (missing[0], found[missing[0]]["reason"])}
         else:
             out[kind] = {"supported": False, "held": False, "message": found[missing[0]].get("message")
                          or found[missing[0]]["reason"]}

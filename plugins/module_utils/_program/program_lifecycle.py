@@ -93,6 +93,8 @@ class Program(object):
     def _is_attached(self, rec, live):
         if rec.get("held"):  # kept by the holder: no link pinned, the holder's descriptor runs our program
             return not live.link and Held(self.pin_root, self.name).held_prog_id(rec["attach"]) == live.prog_id
+        if rec.get("prog_attach"):  # a cgroup hook through BPF_PROG_ATTACH (no bpf_link): the hook lists it
+            return not live.link and live.prog_id in pa.cgroup_attached_ids(rec["attach"])
         return pa.is_attached(rec["attach"], live.prog_id, live.link)
 
     def before(self):
@@ -103,6 +105,8 @@ class Program(object):
                        attach=rec.get("attach"), kernel=self.live.summary())
             if rec.get("attach"):
                 out["held"] = bool(rec.get("held"))
+            if rec.get("prog_attach"):
+                out["prog_attach"] = True
             if rec.get("globals"):
                 out["globals"] = rec["globals"]  # the values it was loaded with
             if tcx_order.of(rec.get("attach")):
@@ -171,6 +175,9 @@ class Program(object):
             link_new = False
             if want["state"] == "attached" and want.get("held"):
                 self._hold(spec, new_id, undo)
+            elif want["state"] == "attached" and want.get("prog_attach"):
+                pa.cgroup_prog_attach(spec, prog_fd)
+                undo.append(lambda: pa.cgroup_prog_detach(spec, new_id))
             elif want["state"] == "attached":
                 link_new = self._attach(spec, prog_fd, new_id, stage, force, undo)
 
@@ -193,6 +200,8 @@ class Program(object):
             record["globals"] = want["globals"]  # the values of the object's globals it was loaded with
         if want["state"] == "attached" and want.get("held"):
             record["held"] = True  # attached through the holder (held.py), not a pinned link
+        if want["state"] == "attached" and want.get("prog_attach"):
+            record["prog_attach"] = True  # a cgroup hook through BPF_PROG_ATTACH, not a pinned link
         ps.write_record(self.name, record, self.state_dir)
         for old in self.live.stages:
             ps.remove_tree(old)
@@ -337,16 +346,26 @@ class Program(object):
             replaced = tcx_order.open_replaced(spec, link)  # tcx: the old link, detached now, not when freed
             os.rename(os.path.join(stage, layout.PIN_LINK), link)
             tcx_order.detach(replaced)
-        elif want["state"] != "attached" or spec["type"] in pa.NETLINK_KINDS or want.get("held"):
+        elif (want["state"] != "attached" or spec["type"] in pa.NETLINK_KINDS or want.get("held")
+              or want.get("prog_attach")):
             _unlink(link)
         if not (want["state"] == "attached" and want.get("held")):
             Held(self.pin_root, self.name).release()  # held before, if at all: let go (a no-op when not)
+        self._detach_old_prog_attach(want, spec, new_id)
         owned = set(self.live.owned_prog_ids) | set([new_id])
         rec = self.record or {}
         olds = [rec.get("attach"), (rec.get("pending") or {}).get("attach")]
         for old in olds:
             if old and old["type"] in pa.NETLINK_KINDS and (want["state"] != "attached" or old != spec):
                 pa.detach_netlink(old, owned)
+
+    def _detach_old_prog_attach(self, want, spec, new_id):
+        """The program a BPF_PROG_ATTACH before this run attached, detached now that the new one runs (or is not
+        to run there at all): the cgroup hook was never without ours."""
+        rec = self.record or {}
+        old_id = self.live.prog_id
+        if rec.get("prog_attach") and rec.get("attach") and old_id and old_id != new_id:
+            pa.cgroup_prog_detach(rec["attach"], old_id)
 
     def _swap_maps(self, staged):
         """<stage>/maps/* renamed over <name>/maps/*; then the old maps the new object does not have unpinned."""
@@ -391,6 +410,9 @@ class Program(object):
             for spec in specs:
                 if spec and spec["type"] in pa.NETLINK_KINDS:
                     pa.detach_netlink(spec, owned)
+                elif spec and spec["type"] == "cgroup" and not self.live.link:
+                    for prog_id in owned:  # attached through BPF_PROG_ATTACH (no bpf_link), or by a killed run
+                        pa.cgroup_prog_detach(spec, prog_id)
         Held(self.pin_root, self.name).release()  # a held attachment (if any) goes with its program
         link = os.path.join(self.dir, layout.PIN_LINK)
         if os.path.exists(link):

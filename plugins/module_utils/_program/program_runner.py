@@ -73,22 +73,27 @@ def has_privileges():
 
 def gate(spec):
     """Refuse before any change when this kernel lacks a feature the attach point needs (program_gate: the
-    probes' answer, remembered for the boot once it is yes). Returns True when the attachment is to be held:
-    the kernel lacks only the pinnable link (perf_link, or bpf_link for a raw tracepoint) and the holder works."""
+    probes' answer, remembered for the boot once it is yes). Returns how to attach where the kernel lacks only
+    the pinnable link (the last of the kind's features): "holder" for the kinds the holder keeps (perf_link, or
+    bpf_link for a raw tracepoint, and the holder works), "prog_attach" for a cgroup hook (BPF_PROG_ATTACH, one
+    of several on the hook); None when the kernel has everything."""
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_gate
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
     features = spec_mod.FEATURES[spec["type"]]
     try:
         program_gate.require(features)
-        return False
+        return None
     except probes.Unsupported as e:
-        if spec["type"] not in spec_mod.HELD_KINDS or e.feature != features[-1]:
+        if e.feature != features[-1] or spec["type"] not in spec_mod.HELD_KINDS + ("cgroup",):
             raise
+        if spec["type"] == "cgroup":
+            program_gate.require(features[:-1])
+            return "prog_attach"
         try:
             program_gate.require(features[:-1] + ("holder",))
         except probes.Unsupported as h:
             raise probes.Unsupported(e.feature, e.reason, "%s; nor can the holder keep it: %s" % (e, h))
-        return True
+        return "holder"
 
 
 def gate_global_data(obj):
@@ -225,8 +230,12 @@ class ProgramRun(object):
         if p["state"] == "attached":
             prog.check_slot(want["attach"], p["force"])
         if self.spec:
-            want["held"] = gate(self.spec) and p["state"] == "attached"  # before any change, in check mode too
-            after["held"] = want["held"]
+            route = gate(self.spec)  # before any change, in check mode too
+            route = route if p["state"] == "attached" else None
+            want["held"] = after["held"] = route == "holder"
+            want["prog_attach"] = route == "prog_attach"
+            if want["prog_attach"]:
+                after["prog_attach"] = True
         gate_global_data(self.obj)
         if p["state"] == "attached":
             tcx_order.check(want["attach"], prog.pin_root, prog.name, p["state_dir"], self.planned)  # a relative: managed, same hook

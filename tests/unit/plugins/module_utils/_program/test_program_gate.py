@@ -119,4 +119,5 @@ def test_before_5_7_raw_tracepoint_is_held_and_fentry_refused():
     kinds = pg.attach_kinds(_found(no=("bpf_link", "perf_link")))
     assert kinds["raw_tracepoint"]["held"] and kinds["raw_tracepoint"]["supported"]
     assert kinds["fentry"] == {"supported": False, "held": False, "message": "bpf_link refused"}
-    assert kinds["cgroup"]["supported"] is False
+    assert kinds["cgroup"]["supported"] and not kinds["cgroup"]["held"]
+    assert kinds["cgroup"]["message"].startswith("supported through BPF_PROG_ATTACH with BPF_F_ALLOW_MULTI")

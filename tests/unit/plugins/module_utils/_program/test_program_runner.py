@@ -246,15 +246,15 @@ def gate_probes(monkeypatch):
 
 
 def test_gate_links_where_the_kernel_pins(gate_probes):
-    assert pr.gate({"type": "tracepoint", "target": "syscalls/sys_enter_openat"}) is False
+    assert pr.gate({"type": "tracepoint", "target": "syscalls/sys_enter_openat"}) is None
 
 
 def test_gate_holds_where_only_the_perf_link_is_missing(gate_probes):
     gate_probes.add("perf_link")
     for kind in ("tracepoint", "kprobe", "kretprobe"):
-        assert pr.gate({"type": kind, "target": "x"}) is True
-    assert pr.gate({"type": "uprobe", "path": "/bin/true", "offset": 0}) is True
-    assert pr.gate({"type": "xdp", "interface": "lo"}) is False
+        assert pr.gate({"type": kind, "target": "x"}) == "holder"
+    assert pr.gate({"type": "uprobe", "path": "/bin/true", "offset": 0}) == "holder"
+    assert pr.gate({"type": "xdp", "interface": "lo"}) is None
 
 
 def test_gate_refuses_when_neither_link_nor_holder(gate_probes):
@@ -273,4 +273,12 @@ def test_gate_never_holds_a_missing_program_type(gate_probes):
     gate_probes.add("bpf_link")
     with pytest.raises(probes.Unsupported, match="bpf_link are not supported"):
         pr.gate({"type": "fentry", "target": "x"})  # fentry has no held form
-    assert pr.gate({"type": "raw_tracepoint", "target": "sys_enter"}) is True  # before 5.7: held
+    assert pr.gate({"type": "raw_tracepoint", "target": "sys_enter"}) == "holder"  # before 5.7: held
+    assert pr.gate({"type": "cgroup", "path": "/sys/fs/cgroup", "cgroup_type": "egress"}) == "prog_attach"
+
+
+def test_gate_cgroup_without_the_program_type_is_refused(gate_probes):
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
+    gate_probes.update(["cgroup", "bpf_link"])
+    with pytest.raises(probes.Unsupported, match="cgroup are not supported"):
+        pr.gate({"type": "cgroup", "path": "/sys/fs/cgroup", "cgroup_type": "egress"})
