@@ -40,7 +40,7 @@ import os
 import struct
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
-from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bpf
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bpf, version_code
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import kernel_info
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._host.requirements import FEATURES, REQUIREMENTS, refusal
 
@@ -99,6 +99,11 @@ class _Host(object):
     @property
     def version(self):
         return self._get("version", lambda: kernel_info.parse_release(self.release))
+
+    @property
+    def version_code(self):
+        """The running kernel's LINUX_VERSION_CODE (its vDSO), on the real root only (None elsewhere)."""
+        return self._get("version_code", lambda: version_code.linux_version_code() if self.root == "/" else None)
 
     @property
     def config(self):
@@ -256,9 +261,32 @@ def _load(host, fds, prog_type, what, extra, **kwargs):
         raise _No(_explain(exc, "a minimal %s program does not load" % what, host, extra))
 
 
-def _kern_version(version):
-    """LINUX_VERSION_CODE, which kprobe programs had to carry before 5.0."""
+def _kern_version(host):
+    """LINUX_VERSION_CODE, which kprobe programs had to carry before 5.0: the kernel's own (its vDSO's note, on
+    the host this process runs on), else computed from the release."""
+    return host.version_code or _release_code(host.version)
+
+
+def _release_code(version):
     return (version[0] << 16) + (version[1] << 8) + min(version[2], 255)
+
+
+def _kprobe_loadable(host, fds, what):
+    """Load the tiny kprobe-type program; before 5.0 also check that libbpf will give the real programs the
+    kernel's LINUX_VERSION_CODE (libbpf before 0.4 derives it from the release, with no way to set it)."""
+    _load(host, fds, bpf.BPF_PROG_TYPE_KPROBE, what, _TRACE, kern_version=_kern_version(host))
+    if list(host.version[:2]) >= [5, 0]:
+        return
+    code, derived = _kern_version(host), _release_code(host.version)
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libbpf
+    try:
+        settable = hasattr(libbpf._load(), "bpf_object__set_kversion")
+    except libbpf.LibbpfError as exc:
+        raise _NotProbed("cannot check this host's libbpf: %s" % exc)
+    if code != derived and not settable:
+        raise _No("before 5.0 a kprobe-type program must carry the kernel's LINUX_VERSION_CODE (0x%x here), and "
+                  "this host's libbpf (before 0.4) gives it one from the release %s (0x%x) with no way to set it "
+                  "(bpf_object__set_kversion, libbpf 0.4+)" % (code, ".".join(map(str, host.version)), derived))
 
 
 # ---------------------------------------------------------------- the probes
@@ -328,7 +356,7 @@ def _probe_kprobe(host, fds):
         if events is None:
             raise _NotProbed("no kprobe perf PMU at /sys/bus/event_source/devices/kprobe, and tracefs' "
                              "kprobe_events could not be checked (tracefs not mounted, no CAP_SYS_ADMIN)")
-    _load(host, fds, bpf.BPF_PROG_TYPE_KPROBE, "kprobe", _TRACE, kern_version=_kern_version(host.version))
+    _kprobe_loadable(host, fds, "kprobe")
     return "a minimal kprobe program loads and kprobes can be created (%s)" % (
         "kprobe perf PMU" if pmu else "tracefs kprobe_events")
 
@@ -338,7 +366,7 @@ def _probe_uprobe(host, fds):
         raise _No("the kernel was built without uprobe events (CONFIG_UPROBE_EVENTS is not set): no uprobe perf PMU")
     if not os.path.isfile(os.path.join(host.root, layout.UPROBE_PMU.lstrip("/"), "type")):
         raise _No("no uprobe perf PMU at %s (CONFIG_UPROBE_EVENTS off, or a kernel before 4.17)" % layout.UPROBE_PMU)
-    _load(host, fds, bpf.BPF_PROG_TYPE_KPROBE, "kprobe", _TRACE, kern_version=_kern_version(host.version))
+    _kprobe_loadable(host, fds, "kprobe")
     return "a minimal kprobe-type program loads and the uprobe perf PMU is present (%s)" % layout.UPROBE_PMU
 
 

@@ -26,7 +26,7 @@ import os
 import resource
 import threading
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc, version_code
 
 LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so.0", "libbpf.so")
 _LOG_BUF_SIZE = 1 << 20
@@ -109,6 +109,7 @@ def _load():
         "bpf_map__def": ([vp], ctypes.POINTER(_MapDef)),
         "bpf_map__set_initial_value": ([vp, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),  # 0.0.7+
         "bpf_map__initial_value": ([vp, ctypes.POINTER(ctypes.c_size_t)], vp),  # not in 0.3
+        "bpf_object__set_kversion": ([vp, ctypes.c_uint32], ctypes.c_int),  # 0.4+
         "libbpf_get_error": ([vp], ctypes.c_long),
         "libbpf_strerror": ([ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
         "libbpf_set_print": ([_PRINT_FN], vp),
@@ -279,8 +280,14 @@ class BpfObject(object):
                                   "set_attach_target", log_tail())
 
     def load(self):
-        """Create maps and load the selected program(s); LibbpfError carries the verifier log's tail."""
+        """Create maps and load the selected program(s); LibbpfError carries the verifier log's tail. The
+        kernel's own LINUX_VERSION_CODE (version_code.py) is the object's kern_version where this libbpf can set
+        it (0.4+): before 5.0 a kprobe program loads only with it, and libbpf would derive it from uname."""
         raise_memlock()
+        set_kversion = getattr(self.lib, "bpf_object__set_kversion", None)
+        code = version_code.linux_version_code() if set_kversion else None
+        if code:
+            set_kversion(self._ptr, code)
         with _lock:
             clear_log()
             ctypes.set_errno(0)
