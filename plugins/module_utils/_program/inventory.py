@@ -190,6 +190,10 @@ def run_stats(seconds=0, check_mode=False):
         how["method"] = "already_enabled" if _sysctl_on() else "not_enabled_check_mode"
         _sleep(seconds)
         yield how
+    elif not os.path.exists(STATS_SYSCTL):
+        raise OSError(errno.ENOENT, "run counts need BPF statistics, and this kernel has neither BPF_ENABLE_STATS "
+                      "(5.8) nor the sysctl kernel.bpf_stats_enabled (5.1, %s): check a counter of the program's "
+                      "maps instead (health.check: counter)" % STATS_SYSCTL)
     else:
         with _host_lock():
             _put_back_left_on()

@@ -17,6 +17,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import time
+from contextlib import contextmanager
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import inventory
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._maps import map_wait
@@ -50,7 +51,7 @@ def check(items, pin_root, clock=time.monotonic):
             opened.append(pm)
             value = read()
             baselines.append((read, 0 if value is None else map_wait.number(value, health["field"])))
-        with inventory.run_stats(0):
+        with (inventory.run_stats(0) if runs else _no_stats()):  # counters alone need no BPF statistics
             start = clock()
             for (name, health), (read, base) in zip(counters, baselines):
                 left = max(0.0, health["timeout"] - (clock() - start))
@@ -66,6 +67,11 @@ def check(items, pin_root, clock=time.monotonic):
         for pm in opened:
             pm.close()
     return out
+
+
+@contextmanager
+def _no_stats():
+    yield None
 
 
 def _runs(runs, pin_root, start, clock):

@@ -70,6 +70,22 @@ def pinned_id(path, kind):
 HOLDER_UNIT = "hypermesh-ebpf-holder.service"
 
 
+def kernel_links():
+    """{id: link} of `bpftool link show`; {} on a kernel without bpf_link (before 5.7), where bpftool answers
+    [{"error": "... kernel too old?"}] and exits 255."""
+    try:
+        listed = bpftool("link", "show") or []
+    except RuntimeError as e:
+        if "kernel too old" in str(e):
+            return {}
+        raise
+    if listed and "error" in listed[0]:
+        if "kernel too old" in listed[0]["error"]:
+            return {}
+        raise RuntimeError("bpftool link show: %s" % listed[0]["error"])
+    return dict((link["id"], link) for link in listed)
+
+
 def perf_holders():
     """{prog_id: [pid]} of the perf events and raw tracepoints processes hold (`bpftool perf`)."""
     out = {}
@@ -147,7 +163,7 @@ def main():
     problems, out = [], {"programs": {}, "absent": {}}
     try:
         progs = {p["id"]: p for p in bpftool("prog", "show") or []}
-        links = {l["id"]: l for l in bpftool("link", "show") or []}
+        links = kernel_links()
         held = perf_holders()
         for name, attach in sorted(json.loads(args.present).items()):
             out["programs"][name] = check_present(args.pin_root, name, attach, progs, links, problems, held)
