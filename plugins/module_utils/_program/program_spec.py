@@ -12,7 +12,6 @@ import re
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs, libc
-from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.holder import HELD_KINDS as HOLDER_KINDS
 
 BPF_FS_MAGIC = 0xcafe4a11
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # bpffs refuses '.' in names
@@ -30,9 +29,9 @@ FEATURES = {
     "raw_tracepoint": ("raw_tracepoint", "bpf_link"), "fentry": ("fentry", "bpf_link"),
     "fexit": ("fentry", "bpf_link"), "lsm": ("lsm", "bpf_link"), "cgroup": ("cgroup", "bpf_link"),
 }
-# the kinds the holder (holder.py) can keep attached where the kernel cannot pin them (the last of their FEATURES
-# missing: perf_link, or bpf_link for a raw tracepoint)
-HELD_KINDS = HOLDER_KINDS
+# the kinds the holder (holder.py, which keeps its own copy: it runs without this file) can keep attached where
+# the kernel cannot pin them (the last of their FEATURES missing: perf_link, or bpf_link for a raw tracepoint)
+HELD_KINDS = ("tracepoint", "kprobe", "kretprobe", "uprobe", "uretprobe", "raw_tracepoint")
 CGROUP_TYPES = {
     "ingress": bs.BPF_CGROUP_INET_INGRESS, "egress": bs.BPF_CGROUP_INET_EGRESS,
     "sock_create": bs.BPF_CGROUP_INET_SOCK_CREATE, "sock_ops": bs.BPF_CGROUP_SOCK_OPS,

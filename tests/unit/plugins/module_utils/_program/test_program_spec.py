@@ -203,3 +203,10 @@ def test_normalize_uprobe_errors(value, message):
 
 def test_a_uprobe_has_no_btf_target():
     assert ps.retarget({"type": "uprobe", "path": "/x", "symbol": "f", "offset": None, "pid": None}, "uprobe") is None
+
+
+def test_the_holder_holds_exactly_the_kinds_the_spec_routes_to_it():
+    """holder.py runs from its own copy of a few files (not program_spec): its list must be the same."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import holder
+    assert holder.HELD_KINDS == ps.HELD_KINDS
+    assert all(ps.FEATURES[k][-1] in ("perf_link", "bpf_link") for k in ps.HELD_KINDS)
