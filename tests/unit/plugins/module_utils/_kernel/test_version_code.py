@@ -5,10 +5,13 @@ import struct
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import version_code
 
 
+def _pad(data):
+    return data + b"\0" * (-len(data) % 4)
+
+
 def note(name, ntype, desc):
     raw = name.encode() + b"\0"
-    pad = lambda b: b + b"\0" * (-len(b) % 4)  # noqa: E731
-    return struct.pack("<III", len(raw), len(desc), ntype) + pad(raw) + pad(desc)
+    return struct.pack("<III", len(raw), len(desc), ntype) + _pad(raw) + _pad(desc)
 
 
 def test_notes_are_read_in_order_with_their_padding():
