@@ -87,6 +87,10 @@ def make_veth_pair(prefix=None, subnet=None):
             "netns", pair.ns_b)
         for ns, ifname, addr in ((pair.ns_a, pair.if_a, pair.addr_a), (pair.ns_b, pair.if_b, pair.addr_b)):
             _ip("-n", ns, "addr", "add", addr + "/24", "dev", ifname)
+            # no IPv6 on the pair: the kernel would send router solicitations and MLD reports by itself, seconds
+            # after the link is up, and a test counting packets would count them too
+            subprocess.run(["ip", "netns", "exec", ns, "sh", "-c",
+                            "echo 1 > /proc/sys/net/ipv6/conf/%s/disable_ipv6" % ifname], check=True)
             _ip("-n", ns, "link", "set", "lo", "up")
             _ip("-n", ns, "link", "set", ifname, "up")
         yield pair
