@@ -28,6 +28,9 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import atom
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import host_paths
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import host_command
+# imported so that Ansible ships it in the module's payload: code_files() reads it from there (the holder's own
+# files, CODE, are all imported by this module or by what it imports)
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import holder  # noqa: F401  # pylint: disable=unused-import
 
 PACKAGE = "ansible_collections.hypermesh.ebpf.plugins.module_utils"
 CODE = ("_common/__init__.py", "_common/atomic_file.py", "_common/host_paths.py", "_common/layout.py",

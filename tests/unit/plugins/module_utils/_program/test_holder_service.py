@@ -203,3 +203,27 @@ def test_the_installed_code_alone_runs_the_holder(where, tmp_path):
     usage = subprocess.run([sys.executable, "-S", "-m", hs.PACKAGE + "._program.holder", "--no-such-option"],
                            env=env, cwd=str(tmp_path), capture_output=True, text=True, check=False)
     assert usage.returncode == 2 and "--held-dir" in usage.stderr, usage.stderr  # started, refused the option
+
+
+def test_every_file_of_the_holder_is_shipped_with_the_module():
+    """Ansible ships a module with the module_utils its imports reach (AnsiballZ's finder reads the imports);
+    code_files() reads the holder's files from that payload, so each of CODE must be reachable from
+    holder_service's imports (a file missing there failed every held attachment in the guests)."""
+    import ast
+    base = os.path.join(os.path.dirname(hs.__file__), "..")
+    prefix = hs.PACKAGE + "."
+    seen, todo = set(), ["_program.holder_service"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        with open(os.path.join(base, *name.split(".")) + ".py") as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(prefix):
+                mod = node.module[len(prefix):]
+                todo.extend(mod + "." + a.name if "." not in mod else mod for a in node.names)
+    shipped = set(n.replace(".", "/") + ".py" for n in seen)
+    missing = [c for c in hs.CODE if not c.endswith("__init__.py") and c not in shipped]
+    assert not missing, missing
