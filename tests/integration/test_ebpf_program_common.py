@@ -8,6 +8,9 @@
   set difference would blame us for their objects).
 - `counter(path)`: first u64 of a pinned map's key 0, summed over CPUs for per-CPU maps.
 - `mounts()`: bpffs at /sys/fs/bpf and tracefs, as the host needs them for these tests.
+- `converge_routed(prog, obj_path, spec, route, sha_suffix="")`: program_lifecycle's converge of the object's
+  first program at `spec`, handed the route the gate takes on an older kernel (`route`: "held" or
+  "prog_attach"), for the tests of those routes on this one.
 """
 import json
 import os
@@ -189,3 +192,20 @@ def pin_root_fixture(tag):
         yield root
         forget(root)
     return pin_root
+
+
+def converge_routed(prog, obj_path, spec, route, sha_suffix=""):
+    """prog.converge() of obj_path's first program, attached at spec through `route` (want[route] = True); a
+    sha_suffix makes another digest, so the converge replaces the program."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.libbpf import BpfObject
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_spec
+    obj = BpfObject(obj_path, pin_root_path=os.path.join(prog.pin_root, layout.SHARED))
+    try:
+        name = obj.programs()[0]["name"]
+        obj.select(name)
+        want = {"state": "attached", "sha256": program_spec.check_object(obj_path, None) + sha_suffix,
+                "program": name, "attach": spec, route: True}
+        return prog.converge(want, obj_path, obj)
+    finally:
+        obj.close()

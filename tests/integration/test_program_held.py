@@ -17,13 +17,13 @@ import time
 import pytest
 
 from tests.conftest import COLLECTIONS, TOP
+from tests.integration.test_ebpf_program_common import converge_routed
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.libbpf import BpfObject
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import held as held_mod
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_lifecycle as pl
-from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_spec
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="probe: needs root (bpf, perf events)")
 OBJ = os.path.join(TOP, "examples", "objects", "tp_openat.bpf.o")
@@ -49,15 +49,7 @@ def where(tmp_path):
 
 
 def converge(prog, sha_suffix=""):
-    obj = BpfObject(OBJ, pin_root_path=os.path.join(prog.pin_root, layout.SHARED))
-    try:
-        name = obj.programs()[0]["name"]
-        obj.select(name)
-        want = {"state": "attached", "sha256": program_spec.check_object(OBJ, None) + sha_suffix, "program": name,
-                "attach": TP, "held": True}
-        return prog.converge(want, OBJ, obj)
-    finally:
-        obj.close()
+    return converge_routed(prog, OBJ, TP, "held", sha_suffix)
 
 
 def counter(pin_root, name="tp"):

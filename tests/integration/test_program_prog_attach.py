@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from tests.conftest import TOP
+from tests.integration.test_ebpf_program_common import converge_routed
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
@@ -44,15 +45,7 @@ def spec_of(cgroup):
 
 
 def converge(prog, spec, sha_suffix=""):
-    obj = BpfObject(OBJ, pin_root_path=os.path.join(prog.pin_root, layout.SHARED))
-    try:
-        name = obj.programs()[0]["name"]
-        obj.select(name)
-        want = {"state": "attached", "sha256": program_spec.check_object(OBJ, None) + sha_suffix, "program": name,
-                "attach": spec, "prog_attach": True}
-        return prog.converge(want, OBJ, obj)
-    finally:
-        obj.close()
+    return converge_routed(prog, OBJ, spec, "prog_attach", sha_suffix)
 
 
 def attached(cgroup):
