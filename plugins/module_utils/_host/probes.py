@@ -272,21 +272,9 @@ def _release_code(version):
 
 
 def _kprobe_loadable(host, fds, what):
-    """Load the tiny kprobe-type program; before 5.0 also check that libbpf will give the real programs the
-    kernel's LINUX_VERSION_CODE (libbpf before 0.4 derives it from the release, with no way to set it)."""
+    """Load the tiny kprobe-type program with the kernel's LINUX_VERSION_CODE, as the loader gives the real
+    programs theirs (libbpf.BpfObject: before 5.0 the kernel checks it)."""
     _load(host, fds, bpf.BPF_PROG_TYPE_KPROBE, what, _TRACE, kern_version=_kern_version(host))
-    if list(host.version[:2]) >= [5, 0]:
-        return
-    code, derived = _kern_version(host), _release_code(host.version)
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libbpf
-    try:
-        settable = hasattr(libbpf._load(), "bpf_object__set_kversion")
-    except libbpf.LibbpfError as exc:
-        raise _NotProbed("cannot check this host's libbpf: %s" % exc)
-    if code != derived and not settable:
-        raise _No("before 5.0 a kprobe-type program must carry the kernel's LINUX_VERSION_CODE (0x%x here), and "
-                  "this host's libbpf (before 0.4) gives it one from the release %s (0x%x) with no way to set it "
-                  "(bpf_object__set_kversion, libbpf 0.4+)" % (code, ".".join(map(str, host.version)), derived))
 
 
 # ---------------------------------------------------------------- the probes

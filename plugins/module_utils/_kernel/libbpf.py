@@ -12,6 +12,8 @@ Version differences handled here:
 - bpf_object__next_program / bpf_object__next_map exist from 0.7; before, bpf_program__next / bpf_map__next.
 - bpf_map__initial_value (the bytes of a data section's map before load) is newer than 0.3; without it the caller
   reads them from the ELF object (elf_globals.py). bpf_map__set_initial_value exists in every version we take.
+- A kprobe program's kern_version (checked by kernels before 5.0): bpf_object__set_kversion is 0.4+, 0.3 only
+  reads the object's "version" section; every version is given the section (elf_kversion.py).
 - `struct bpf_object_open_opts` only grows: `sz`, `object_name`, `relaxed_maps` (+ `relaxed_core_relocs` in 0.x,
   a bool in the same padding), `pin_root_path` at offset 24 in every version. We pass `sz` = 32, which every
   version accepts.
@@ -26,9 +28,10 @@ import os
 import resource
 import threading
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc, version_code
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import elf, elf_kversion, libc, version_code
 
 LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so.0", "libbpf.so")
+KERNEL_5_0 = 5 << 16  # from 5.0 the kernel no longer checks a kprobe program's kern_version
 _LOG_BUF_SIZE = 1 << 20
 _TAIL_LINES = 40
 
@@ -88,6 +91,8 @@ def _load():
     vp = ctypes.c_void_p
     sigs = {
         "bpf_object__open_file": ([ctypes.c_char_p, ctypes.POINTER(_OpenOpts)], vp),
+        "bpf_object__open_mem": ([vp, ctypes.c_size_t, ctypes.POINTER(_OpenOpts)], vp),
+        "bpf_object__kversion": ([vp], ctypes.c_uint),
         "bpf_object__load": ([vp], ctypes.c_int),
         "bpf_object__close": ([vp], None),
         "bpf_program__name": ([vp], ctypes.c_char_p),
@@ -109,7 +114,6 @@ def _load():
         "bpf_map__def": ([vp], ctypes.POINTER(_MapDef)),
         "bpf_map__set_initial_value": ([vp, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),  # 0.0.7+
         "bpf_map__initial_value": ([vp, ctypes.POINTER(ctypes.c_size_t)], vp),  # not in 0.3
-        "bpf_object__set_kversion": ([vp, ctypes.c_uint32], ctypes.c_int),  # 0.4+
         "libbpf_get_error": ([vp], ctypes.c_long),
         "libbpf_strerror": ([ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
         "libbpf_set_print": ([_PRINT_FN], vp),
@@ -200,6 +204,13 @@ def _text(raw):
     return raw.decode("utf-8", "surrogateescape")
 
 
+def needed_kern_version():
+    """The running kernel's LINUX_VERSION_CODE when it is before 5.0 (kprobe programs must carry it there), else
+    None (libbpf's own derivation is then as good as any)."""
+    code = version_code.linux_version_code()
+    return code if code is not None and code < KERNEL_5_0 else None
+
+
 class BpfObject(object):
     """An ELF object opened by libbpf. Use as a context manager; close() frees libbpf's fds.
 
@@ -208,19 +219,55 @@ class BpfObject(object):
     obj.load(); obj.program_fd(name); obj.maps() -> [{"name", "fd", "pinned", "pin_path"}]
     """
 
-    def __init__(self, path, pin_root_path=None):
+    def __init__(self, path, pin_root_path=None, kern_version=None, data=None):
+        """`data`: the object's bytes, when the caller read them (libbpf then opens them, not the file at `path`,
+        which only names the object). `kern_version`: the LINUX_VERSION_CODE the object's programs carry; by
+        default the running kernel's own (version_code.py) before 5.0, where a kprobe or uprobe program loads only
+        with it, and what libbpf derives from the release from 5.0 on (where the kernel no longer looks). A code is
+        given to libbpf as the object's "version" section (elf_kversion.py), the one way every libbpf from 0.3
+        reads."""
         self.lib = _load()
         self.path = path
         self._ptr = None
+        self._buf = self._name = None
         self._opts = _OpenOpts()
         self._opts.sz = ctypes.sizeof(_OpenOpts)
         self._pin_root = pin_root_path.encode() if pin_root_path else None
         self._opts.pin_root_path = self._pin_root
+        if kern_version is None:
+            kern_version = needed_kern_version()
+        if kern_version is not None:
+            data = self._with_kern_version(self._read() if data is None else data, kern_version)
+        if data is not None:
+            self._buf = ctypes.create_string_buffer(data, len(data))
+            self._name = os.path.basename(path).encode()  # libbpf names the object (and its .data maps) by it
+            self._opts.object_name = self._name
         with _lock:
             clear_log()
             ctypes.set_errno(0)
-            ptr = self.lib.bpf_object__open_file(path.encode(), ctypes.byref(self._opts))
+            if self._buf is None:
+                ptr = self.lib.bpf_object__open_file(path.encode(), ctypes.byref(self._opts))
+            else:  # libbpf keeps reading the buffer until load: it lives as long as this object
+                ptr = self.lib.bpf_object__open_mem(self._buf, len(self._buf), ctypes.byref(self._opts))
             self._ptr = _check_ptr(self.lib, ptr, "opening %s with libbpf" % path)
+
+    def _read(self):
+        try:
+            with open(self.path, "rb") as f:
+                return f.read()
+        except (OSError, IOError) as exc:
+            raise LibbpfError("opening %s failed: %s" % (self.path, exc.strerror or exc),
+                              exc.errno or errno_mod.EIO, "opening %s" % self.path)
+
+    def _with_kern_version(self, data, code):
+        try:
+            return elf_kversion.with_kern_version(data, code, self.path)
+        except elf.ElfError as exc:
+            raise LibbpfError("opening %s failed: %s" % (self.path, exc), errno_mod.EINVAL, "opening %s" % self.path)
+
+    def kern_version(self):
+        """The LINUX_VERSION_CODE libbpf gives the object's programs."""
+        return self.lib.bpf_object__kversion(self._ptr)
 
     def __enter__(self):
         return self
@@ -280,14 +327,8 @@ class BpfObject(object):
                                   "set_attach_target", log_tail())
 
     def load(self):
-        """Create maps and load the selected program(s); LibbpfError carries the verifier log's tail. The
-        kernel's own LINUX_VERSION_CODE (version_code.py) is the object's kern_version where this libbpf can set
-        it (0.4+): before 5.0 a kprobe program loads only with it, and libbpf would derive it from uname."""
+        """Create maps and load the selected program(s); LibbpfError carries the verifier log's tail."""
         raise_memlock()
-        set_kversion = getattr(self.lib, "bpf_object__set_kversion", None)
-        code = version_code.linux_version_code() if set_kversion else None
-        if code:
-            set_kversion(self._ptr, code)
         with _lock:
             clear_log()
             ctypes.set_errno(0)

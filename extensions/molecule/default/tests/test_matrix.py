@@ -291,7 +291,7 @@ def test_globals_drop_port(host, result):
     """xdp_port_drop was loaded with drop_port 7 (globals): on hm0's loopback, datagrams to port 7 are dropped
     (its key 1 counts them) and those to port 8 pass; the object's compiled default (0) would drop none."""
     if not probed_supported(result, "xdp_port_drop"):
-        pytest.skip("ebpf_facts' probes: %s not supported in this guest" % needs("global_data"))
+        pytest.skip("ebpf_facts' probes: %s not supported in this guest" % missing_needs(result, "xdp_port_drop"))
     assert result["programs"]["xdp_port_drop"]["outcome"] == "attached", result["programs"]["xdp_port_drop"]
     path = "%s/xdp_port_drop/maps/port_verdicts" % PIN_ROOT
     send = ("ip netns exec hm0 python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
@@ -321,7 +321,7 @@ def test_pins_and_kernel_objects(host, result):
 def test_blocklist_entry_from_ebpf_map(host, result):
     """ebpf_map wrote the key 10.199.0.1 (network byte order) into the pinned blocklist map."""
     if not probed_supported(result, "xdp_blocklist"):
-        pytest.skip("ebpf_facts' probes: %s not supported in this guest" % needs("xdp"))
+        pytest.skip("ebpf_facts' probes: %s not supported in this guest" % missing_needs(result, "xdp_blocklist"))
     assert result["programs"]["xdp_blocklist"]["outcome"] == "attached", result["programs"]["xdp_blocklist"]
     dump = bpftool(host, "map", "dump", "pinned", "%s/xdp_blocklist/maps/blocklist" % PIN_ROOT)
     keys = [[int(b, 16) for b in e["key"]] if isinstance(e["key"], list) else e["key"] for e in dump]

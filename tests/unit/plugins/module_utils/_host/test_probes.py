@@ -403,38 +403,14 @@ def test_holder_with_systemd_sets_a_program_on_a_perf_event(tmp_path, monkeypatc
         os.fstat(events[0][1])  # the perf event was closed too
 
 
-class _Libbpf(object):
-    """A stand-in for the host's libbpf: with or without bpf_object__set_kversion (0.4+)."""
-
-    def __init__(self, settable):
-        if settable:
-            self.bpf_object__set_kversion = lambda ptr, code: 0
-
-
 @pytest.mark.parametrize("feature", ["kprobe", "uprobe"])
-@pytest.mark.parametrize("settable,supported", [(False, False), (True, True)])
-def test_before_5_0_a_frozen_sublevel_needs_a_libbpf_that_sets_kern_version(tmp_path, monkeypatch, feature,
-                                                                            settable, supported):
+def test_before_5_0_the_probe_carries_the_kernels_own_version_code(tmp_path, monkeypatch, feature):
     """4.19.222 from a stable tree reports LINUX_VERSION_CODE 0x413ff (sublevel frozen at 255), not the 0x413de
-    its release gives: the probe loads with the kernel's code, and says no where libbpf (before 0.4) would give
-    the real programs the release's."""
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libbpf
+    its release gives: the probe loads with the kernel's code, as the loader gives the real programs theirs."""
     kernel = FakeKernel(monkeypatch)
-    monkeypatch.setattr(libbpf, "_load", lambda: _Libbpf(settable))
     host = probes._Host(fakehost.build(tmp_path, fakehost.DEBIAN11, {"proc/sys/kernel/osrelease": "4.19.222\n"}))
     host._cache["version_code"] = 0x413ff
     result = probes.run_probe(feature, host)
     (_name, _args, kwargs), = kernel.called("prog_load")
     assert kwargs["kern_version"] == 0x413ff
-    assert result["supported"] is supported, result
-    if not supported:
-        assert "LINUX_VERSION_CODE (0x413ff here)" in result["reason"] and "4.19.222 (0x413de)" in result["reason"]
-
-
-def test_before_5_0_a_release_that_gives_the_code_needs_nothing_more(tmp_path, monkeypatch):
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libbpf
-    FakeKernel(monkeypatch)
-    monkeypatch.setattr(libbpf, "_load", lambda: _Libbpf(False))
-    host = probes._Host(fakehost.build(tmp_path, fakehost.DEBIAN11, {"proc/sys/kernel/osrelease": "4.18.0-305.el8\n"}))
-    host._cache["version_code"] = (4 << 16) + (18 << 8)
-    assert probes.run_probe("kprobe", host)["supported"] is True
+    assert result["supported"] is True, result

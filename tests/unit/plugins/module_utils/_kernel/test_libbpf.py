@@ -91,3 +91,34 @@ def test_data_sections_initial_values_before_load(tmp_path_factory):
     with libbpf.BpfObject(os.path.join(OBJ, "xdp_counter.bpf.o")) as o:
         with pytest.raises(libbpf.LibbpfError, match="has no .rodata map"):
             o.set_initial_value(".rodata", b"")
+
+
+@pytest.mark.parametrize("name", ["kprobe_unlinkat.bpf.o", "xdp_port_drop.bpf.o", "xdp_pinned_shared.bpf.o"])
+def test_a_kern_version_reaches_libbpf_and_the_object_reads_the_same(name):
+    """Given a code, the object is opened from memory with a "version" section (what libbpf 0.3 reads): libbpf
+    gives its programs that code, and names its programs and maps as it does the file's."""
+    path = os.path.join(OBJ, name)
+    with libbpf.BpfObject(path, pin_root_path="/sys/fs/bpf/x/_shared") as plain:
+        programs, maps = plain.programs(), plain.map_defs()
+    with libbpf.BpfObject(path, pin_root_path="/sys/fs/bpf/x/_shared", kern_version=0x413ff) as o:
+        assert o.kern_version() == 0x413ff
+        assert o.programs() == programs and o.map_defs() == maps
+
+
+def test_an_unreadable_object_given_a_kern_version_names_it(tmp_path):
+    with pytest.raises(libbpf.LibbpfError, match="missing.o failed: No such file"):
+        libbpf.BpfObject(str(tmp_path / "missing.o"), kern_version=0x413ff)
+    bad = tmp_path / "bad.o"
+    bad.write_bytes(b"\x7fELF garbage")
+    with pytest.raises(libbpf.LibbpfError, match="bad.o failed: .*not an ELF file|bad.o failed: .*unknown ELF"):
+        libbpf.BpfObject(str(bad), kern_version=0x413ff)
+
+
+def test_from_5_0_no_code_is_given(monkeypatch):
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import version_code
+    monkeypatch.setattr(version_code, "linux_version_code", lambda: (5 << 16) + (10 << 8))
+    assert libbpf.needed_kern_version() is None
+    monkeypatch.setattr(version_code, "linux_version_code", lambda: 0x413ff)
+    assert libbpf.needed_kern_version() == 0x413ff
+    monkeypatch.setattr(version_code, "linux_version_code", lambda: None)
+    assert libbpf.needed_kern_version() is None
