@@ -45,7 +45,12 @@ options:
     type: str
     required: true
   object:
-    description: Path of the ELF object on the managed host. Required unless O(state=absent).
+    description:
+      - Absolute path of the ELF object on the managed host. Required unless O(state=absent).
+      - The object is read once and its bytes are what is loaded. It must be a regular file (not a symbolic link)
+        owned by root, writable by no one else, in directories that are root's and writable by no one else (a
+        sticky directory such as C(/tmp) above them is fine), so that root loads no object another user could have
+        planted or can change. Otherwise the task fails naming the path and the problem, with nothing changed.
     type: path
   program:
     description: Function name of the program in the object; may be omitted when the object has one program.

@@ -204,7 +204,7 @@ def converge_routed(prog, obj_path, spec, route, sha_suffix=""):
     try:
         name = obj.programs()[0]["name"]
         obj.select(name)
-        want = {"state": "attached", "sha256": program_spec.check_object(obj_path, None) + sha_suffix,
+        want = {"state": "attached", "sha256": program_spec.read_object(obj_path)[1] + sha_suffix,
                 "program": name, "attach": spec, route: True}
         return prog.converge(want, obj_path, obj)
     finally:

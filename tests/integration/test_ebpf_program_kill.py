@@ -170,7 +170,7 @@ def assert_converged(kind, name, pin_root, pair, objpath, before, floor=0):
     again = ok(_args(kind, name, pin_root, pair, objpath))
     assert again["changed"] is False and again["prog_id"] == r["prog_id"], (r, again)
     rec = program_state.read_record(name)
-    assert rec["sha256"] == program_spec.file_sha256(objpath) and rec["prog_id"] == r["prog_id"]
+    assert rec["sha256"] == program_spec.read_object(objpath)[1] and rec["prog_id"] == r["prog_id"]
     assert not rec.get("pending"), rec
     entries = sorted(os.listdir(os.path.join(pin_root, name)))
     assert not [e for e in entries if e.startswith(program_state.STAGE_PREFIX)], entries

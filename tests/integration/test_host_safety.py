@@ -246,6 +246,32 @@ def test_a_link_as_the_name_or_inside_its_tree_is_refused_and_nothing_detached(f
     assert not os.path.exists(os.path.join(fresh_root, "tree"))
 
 
+# ---- the object root loads -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("planted", ["their file", "root's file in their directory"])
+def test_an_object_a_user_planted_or_can_change_is_refused_and_nothing_loaded(tmp_path, fresh_root, planted):
+    """A user who can write the object (or the directory it is in) decides what root loads into the kernel; a
+    link would let them point root's run at any other file (tests/unit: program_spec.read_object). Refused, with
+    the path and what is wrong."""
+    os.chmod(str(tmp_path), 0o755)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(str(theirs), 65534, 65534)
+    obj = str(theirs / "counter.bpf.o")
+    shutil.copy(counter_object(), str(tmp_path / "roots.bpf.o"))
+    shutil.copy(counter_object(), obj)
+    if planted == "their file":
+        os.chown(obj, 65534, 65534)
+    host = Host(str(tmp_path))
+    r = program({"name": "planted", "object": obj, "state": "loaded", "pin_root": fresh_root})
+    refused(r, "object " + str(theirs), "is owned by uid 65534")
+    host.assert_unchanged()
+    r = program({"name": "planted", "object": str(tmp_path / "roots.bpf.o"), "state": "loaded",
+                 "pin_root": fresh_root})
+    assert r.get("changed") and not r.get("failed"), r  # the same bytes from root's own file load
+    assert program({"name": "planted", "state": "absent", "pin_root": fresh_root}).get("changed")
+
+
 # ---- defect 6: files root writes (dest) -------------------------------------------------------------------
 
 @pytest.fixture

@@ -39,13 +39,14 @@ def _listing(objs):
                                   for v in sorted(objs.variables.values(), key=lambda v: v["name"]))
 
 
-def plan(path, given):
-    """The checked plan for `given` ({name: value}) against the object at `path`; SpecError naming the name."""
+def plan(path, given, data):
+    """The checked plan for `given` ({name: value}) against the object at `path` (its bytes `data`); SpecError
+    naming the name."""
     if not isinstance(given, dict):
         raise SpecError("globals must be a dict of {variable name: value}, got %r" % (given,))
     try:
-        objs = elf_globals.ObjectGlobals.read(path)
-    except (IOError, OSError, elf_globals.ElfError) as e:
+        objs = elf_globals.ObjectGlobals(data, path)
+    except elf_globals.ElfError as e:
         raise SpecError("globals: cannot read the global variables of %s: %s" % (path, e))
     if objs.btf is None:
         raise SpecError("globals: object %s has no BTF (.BTF section), so its variables have no types: build it "

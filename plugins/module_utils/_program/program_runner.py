@@ -129,12 +129,14 @@ class ProgramRun(object):
         self.spec = None
         self.chosen = None
         self.globals = None  # program_globals.Plan of the `globals` option
+        self.data = None  # the object's bytes, read once (program_spec.read_object)
 
     def _open(self):
         """The object opened with libbpf (no kernel change); opened once, closed by apply()."""
         if self.obj is None:
             from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.libbpf import BpfObject
-            self.obj = BpfObject(self.p["object"], pin_root_path=os.path.join(self.p["pin_root"], layout.SHARED))
+            self.obj = BpfObject(self.p["object"], pin_root_path=os.path.join(self.p["pin_root"], layout.SHARED),
+                                 data=self.data)
         return self.obj
 
     def desired(self, record):
@@ -144,7 +146,7 @@ class ProgramRun(object):
         p = self.p
         if not p["object"]:
             raise spec_mod.SpecError("object is required when state is %s" % p["state"])
-        digest = spec_mod.check_object(p["object"], p["sha256"])
+        self.data, digest = spec_mod.read_object(p["object"], p["sha256"])
         record = record or {}
         if record.get("sha256") == digest and record.get("programs"):
             programs = record["programs"]
@@ -163,7 +165,7 @@ class ProgramRun(object):
         self.spec = spec
         if p.get("globals"):
             from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_globals
-            self.globals = program_globals.plan(p["object"], p["globals"])  # unknown name, bad value: refused
+            self.globals = program_globals.plan(p["object"], p["globals"], self.data)  # unknown name, bad value: refused
         return {"state": p["state"], "sha256": digest, "program": self.chosen["name"],
                 "attach": spec if p["state"] == "attached" else None,
                 "programs": [{"name": x["name"], "section": x["section"]} for x in programs],

@@ -6,11 +6,12 @@ or, when omitted, from the ELF section as libbpf reads it), and the feature each
 One job: pure validation, no kernel calls except statfs on pin_root. Errors are SpecError with a message that
 names the option to fix. Importable without ansible.
 """
+import errno
 import hashlib
 import os
 import re
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import layout
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._common import host_paths, layout
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs, libc
 
 BPF_FS_MAGIC = 0xcafe4a11
@@ -102,26 +103,32 @@ def check_pin_root(pin_root):
     return os.path.normpath(pin_root)
 
 
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 16), b""):
-            h.update(chunk)
-    return h.hexdigest()
+OBJECT_MAX_BYTES = 64 << 20  # an eBPF object is kilobytes; a larger file is not read whole
 
 
-def check_object(path, sha256=None):
-    """The object file must exist, be an ELF file, and match `sha256` when given. Returns its digest."""
-    if not os.path.isfile(path):
-        raise SpecError("object %s does not exist on this host" % path)
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head != b"\x7fELF":
+def read_object(path, sha256=None):
+    """The object file's bytes and their sha256, read once: libbpf is given these bytes, not the path again.
+    Opened through host_paths.open_trusted_file (root loads no object another user planted or can change: the
+    file and every directory above it root's and writable by no one else, no symbolic link); it must be an ELF
+    file of at most OBJECT_MAX_BYTES and match `sha256` when given."""
+    try:
+        fd = host_paths.open_trusted_file(path)
+    except host_paths.UnsafePath as e:
+        raise SpecError("object %s" % e)
+    except (IOError, OSError) as e:
+        if e.errno == errno.ENOENT:
+            raise SpecError("object %s does not exist on this host" % path)
+        raise SpecError("object %s cannot be read: %s" % (path, e.strerror or e))
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(OBJECT_MAX_BYTES + 1)
+    if len(data) > OBJECT_MAX_BYTES:
+        raise SpecError("object %s is larger than %d MiB: not an eBPF object" % (path, OBJECT_MAX_BYTES >> 20))
+    if data[:4] != b"\x7fELF":
         raise SpecError("object %s is not an ELF file (build it with clang -target bpf)" % path)
-    digest = file_sha256(path)
+    digest = hashlib.sha256(data).hexdigest()
     if sha256 and sha256.lower() != digest:
         raise SpecError("object %s has sha256 %s, not the expected %s: refusing it" % (path, digest, sha256))
-    return digest
+    return data, digest
 
 
 def choose_program(programs, wanted, path):

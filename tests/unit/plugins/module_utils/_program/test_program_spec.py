@@ -53,18 +53,47 @@ def test_pin_root_on_bpffs(bpffs):
     assert ps.check_pin_root(bpffs + "/a/b") == bpffs + "/a/b"   # checked on its nearest existing parent
 
 
-def test_check_object(tmp_path):
+def test_read_object(tmp_path):
     with pytest.raises(ps.SpecError, match="does not exist"):
-        ps.check_object(str(tmp_path / "nope.o"))
+        ps.read_object(str(tmp_path / "nope.o"))
     junk = tmp_path / "junk.o"
     junk.write_bytes(b"hello world")
     with pytest.raises(ps.SpecError, match="not an ELF"):
-        ps.check_object(str(junk))
-    digest = hashlib.sha256(open(XDP_OBJ, "rb").read()).hexdigest()
-    assert ps.check_object(XDP_OBJ) == digest
-    assert ps.check_object(XDP_OBJ, digest.upper()) == digest
+        ps.read_object(str(junk))
+    data = open(XDP_OBJ, "rb").read()
+    digest = hashlib.sha256(data).hexdigest()
+    assert ps.read_object(XDP_OBJ) == (data, digest)
+    assert ps.read_object(XDP_OBJ, digest.upper()) == (data, digest)
     with pytest.raises(ps.SpecError, match="not the expected"):
-        ps.check_object(XDP_OBJ, "0" * 64)
+        ps.read_object(XDP_OBJ, "0" * 64)
+
+
+def test_an_object_others_could_change_is_refused(tmp_path):
+    os.chmod(str(tmp_path), 0o755)
+    good = tmp_path / "good.o"
+    good.write_bytes(open(XDP_OBJ, "rb").read())
+    os.chmod(str(good), 0o644)
+    assert ps.read_object(str(good))[1]
+    os.chmod(str(good), 0o664)
+    with pytest.raises(ps.SpecError, match=r"good.o is writable by group or others \(mode 0664\): refusing"):
+        ps.read_object(str(good))
+    os.chmod(str(good), 0o644)
+    link = tmp_path / "link.o"
+    link.symlink_to(good)
+    with pytest.raises(ps.SpecError, match="link.o is a symbolic link: refusing"):
+        ps.read_object(str(link))
+    os.chmod(str(tmp_path), 0o777)
+    with pytest.raises(ps.SpecError, match="writable by group or others.*refusing"):
+        ps.read_object(str(good))
+    os.chmod(str(tmp_path), 0o755)
+    with pytest.raises(ps.SpecError, match="is not an absolute path"):
+        ps.read_object("examples/objects/xdp_counter.bpf.o")
+
+
+def test_a_huge_object_is_not_read_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(ps, "OBJECT_MAX_BYTES", 64)
+    with pytest.raises(ps.SpecError, match="larger than"):
+        ps.read_object(XDP_OBJ)
 
 
 def test_choose_program():
