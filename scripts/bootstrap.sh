@@ -8,6 +8,8 @@ cd "$top"
 APT_PACKAGES=(
   # loading and inspecting eBPF on this machine
   libbpf1 bpftool iproute2 iputils-ping kmod
+  # several XDP programs per interface (libxdp's dispatcher) and xdp-loader, which the tests share an interface with
+  libxdp1 xdp-tools
   # the tests: build renamed copies of the examples (clang, libbpf headers); the system python3's pyroute2
   clang libbpf-dev python3-pyroute2
   # the metrics tests scrape a real node_exporter on 127.0.0.1

@@ -45,7 +45,7 @@ options:
     type: list
     elements: str
     choices: [xdp, tc, tcx, tracepoint, raw_tracepoint, kprobe, uprobe, fentry, cgroup, lsm, bpf_link, perf_link,
-              holder, ringbuf, btf, bpf_stats, global_data]
+              holder, ringbuf, btf, bpf_stats, global_data, xdp_multiprog]
   private_mounts:
     description:
       - Allow mounting securityfs or tracefs in a private, throw-away mount namespace to read what an
@@ -219,9 +219,9 @@ ansible_facts:
           description:
             - One entry per probed feature (C(xdp), C(tc), C(tcx), C(tracepoint), C(raw_tracepoint), C(kprobe),
               C(uprobe), C(fentry), C(cgroup), C(lsm), C(bpf_link), C(perf_link), C(holder), C(ringbuf), C(btf),
-              C(bpf_stats), C(global_data)), each with C(supported) (bool), C(probed) (false when the kernel could
-              not be asked, for example without CAP_BPF; C(supported) is then false), C(reason) (what the probe saw) and
-              C(min_kernel) (the upstream release that brought the feature, from the collection's requirements table).
+              C(bpf_stats), C(global_data), C(xdp_multiprog)), each with C(supported) (bool), C(probed) (false
+              when the kernel could not be asked, for example without CAP_BPF; C(supported) is then false),
+              C(reason) (what the probe saw) and C(min_kernel) (the upstream release that brought the feature, from the collection's requirements table).
             - An unsupported feature also has C(message), the collection's refusal text (the same the modules
               fail with) - the feature, the kernel release, the reason and what the feature needs.
           returned: when O(gather) includes C(features)

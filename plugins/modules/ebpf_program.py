@@ -32,6 +32,9 @@ description:
     compiled there, so later runs do not compile them again.
   - A failed run rolls back what it created; a run killed at any step leaves pins the next run adopts.
   - Runs under the host-wide lock C(/run/hypermesh-ebpf/lock).
+  - Several XDP programs share an interface through libxdp's dispatcher when O(attach.xdp.priority) or
+    O(attach.xdp.proceed_on) is set (programs C(xdp-loader) attached run in the same dispatcher and are left
+    alone); without them a program holds the interface alone.
   - XDP and tc slots are taken only as they were read before the change - a free slot must still be free, an
     occupied one must still hold the program read (XDP replaces atomically with C(XDP_FLAGS_REPLACE)) - so a
     program another agent attached in the meantime is never overwritten; the run fails and names it.
@@ -75,8 +78,39 @@ options:
         suboptions:
           interface: {type: str, required: true, description: Interface name.}
           netns: {type: str, description: Network namespace name (/run/netns) or path.}
-          mode: {type: str, choices: [auto, generic, native, offload], default: auto, description: XDP mode.}
-        description: XDP on an interface.
+          mode:
+            type: str
+            choices: [auto, generic, native, offload]
+            default: auto
+            description:
+              - XDP mode. With O(attach.xdp.priority) or O(attach.xdp.proceed_on), C(auto) takes the mode of the
+                dispatcher already on the interface (native, else generic when there is none); another mode than
+                the dispatcher's is refused with nothing changed, and C(offload) is refused.
+          priority:
+            type: int
+            description:
+              - Run this program in libxdp's dispatcher, beside other programs on the interface (ours and those
+                C(xdp-loader) attached), in priority order (lower runs first; 0 to 1000, libxdp's default 50).
+                Setting it or O(attach.xdp.proceed_on) chooses this route; without both, the program holds the
+                interface's XDP hook alone, through netlink, as before.
+              - Needs libxdp 1.3+ on the host (C(libxdp1), Debian 12 and newer) and a kernel that can run program
+                extensions (freplace) for the dispatcher (5.10+; feature C(xdp_multiprog) of
+                M(hypermesh.ebpf.ebpf_facts)); elsewhere the task is refused before anything changes, with a
+                message that says what is missing.
+              - The program is loaded by libxdp as an extension of the dispatcher and pinned under
+                C(<pin_root>/<name>/) as any other; a new priority or O(attach.xdp.proceed_on) loads a new copy
+                (the maps are kept), puts it into the dispatcher, then takes the old copy out, each step one atomic
+                swap of the dispatcher. At most 10 programs share an interface.
+          proceed_on:
+            type: list
+            elements: str
+            choices: [aborted, drop, pass, tx, redirect]
+            description:
+              - The XDP actions of this program after which the next program in the dispatcher runs (libxdp's
+                chain-call actions; default C([pass])). After any other action the packet gets this program's
+                verdict and no later program sees it. An empty list makes this program's verdict final.
+        description: XDP on an interface; several programs on one interface through libxdp with
+          O(attach.xdp.priority) or O(attach.xdp.proceed_on).
       tc:
         type: dict
         suboptions:
@@ -194,6 +228,20 @@ EXAMPLES = r"""
     object: /usr/local/lib/bpf/xdp_counter.bpf.o
     attach:
       xdp: {interface: eth0}
+
+- name: A filter that runs before the counter on eth0, both in libxdp's dispatcher (Debian 12+, kernel 5.10+)
+  hypermesh.ebpf.ebpf_program:
+    name: port-drop
+    object: /usr/local/lib/bpf/xdp_port_drop.bpf.o
+    attach:
+      xdp: {interface: eth0, priority: 10, proceed_on: [pass]}
+
+- name: The counter, after the filter (it sees only what the filter passed)
+  hypermesh.ebpf.ebpf_program:
+    name: xdp-counter
+    object: /usr/local/lib/bpf/xdp_counter.bpf.o
+    attach:
+      xdp: {interface: eth0, priority: 20}
 
 - name: Count openat() calls (the section says tracepoint/syscalls/sys_enter_openat)
   hypermesh.ebpf.ebpf_program:

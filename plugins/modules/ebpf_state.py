@@ -76,7 +76,20 @@ options:
               interface: {type: str, required: true, description: Interface name.}
               netns: {type: str, description: Network namespace name (/run/netns) or path.}
               mode: {type: str, choices: [auto, generic, native, offload], default: auto, description: XDP mode.}
-            description: XDP on an interface.
+              priority:
+                type: int
+                description:
+                  - Run this program in libxdp's dispatcher beside other programs on the interface, lower first (0 to
+                    1000, libxdp's default 50), as M(hypermesh.ebpf.ebpf_program) takes it; with
+                    O(programs[].attach.xdp.proceed_on), this chooses the route. Needs libxdp 1.3+ and kernel 5.10+
+                    (feature C(xdp_multiprog)); elsewhere the run is refused at the gate, nothing changed.
+              proceed_on:
+                type: list
+                elements: str
+                choices: [aborted, drop, pass, tx, redirect]
+                description: The actions after which the next program of the dispatcher runs (default C([pass])).
+            description: XDP on an interface; several on one interface through libxdp with
+              O(programs[].attach.xdp.priority) or O(programs[].attach.xdp.proceed_on).
           tc:
             type: dict
             suboptions:

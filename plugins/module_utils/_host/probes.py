@@ -24,6 +24,14 @@ Discriminators used where a feature is not a program type (documented here becau
   answer EBADF; older kernels answer EINVAL for the unknown command.
 - holder: the host runs systemd, and a perf event on a tracepoint takes a minimal program (PERF_EVENT_IOC_SET_BPF),
   closed at once: what the holder does for attachments the kernel cannot pin (no perf links, or no bpf_link).
+- xdp_multiprog (several XDP programs on one interface through libxdp's dispatcher): libxdp 1.3+ loads
+  (_kernel/libxdp.py), bpffs is mounted at /sys/fs/bpf (libxdp pins its dispatchers there; without it libxdp falls
+  back to one program per interface), and what libxdp does with each program works here: a minimal xdp program
+  with BTF (one global function) loads, a minimal program extension (BPF_PROG_TYPE_EXT, freplace) of that function
+  loads and attaches (BPF_RAW_TRACEPOINT_OPEN), and the same extension attaches to a second such program too
+  (BPF_LINK_CREATE with a target BTF id, 5.10+: libxdp moves the programs already there to each new dispatcher).
+  Nothing is attached to an interface; every fd is closed at once. libxdp can still fall back at attach time (a
+  bpffs that fails it), so the attach checks what it got as well (_program/xdp_dispatcher.py).
 - perf_link: BPF_LINK_CREATE of a loaded tracepoint program with attach type BPF_PERF_EVENT and a target fd
   that is not a perf event (the program's own fd). 5.15+ looks the perf event up and answers EBADF; before
   5.15 the attach type is unknown for link_create and the answer is EINVAL. Nothing can get attached.
@@ -453,6 +461,70 @@ def _probe_bpf_link(host, fds):
     raise _No("BPF_LINK_CREATE with prog_fd -1 unexpectedly succeeded")
 
 
+BPF_FS_MAGIC = 0xcafe4a11
+LIBXDP_BPFFS = "/sys/fs/bpf"  # where libxdp pins its dispatchers (its default)
+_EXT = ("cap_net_admin", "cap_perfmon")
+
+
+def _freplace_btf():
+    """A BTF blob with one global function `int hm_probe(struct xdp_md *ctx)` (the shape of a dispatcher's slot);
+    returns (blob, the function's type id)."""
+    strings = b"\0int\0xdp_md\0ctx\0hm_probe\0"
+
+    def name(text):
+        return strings.index(b"\0" + text + b"\0") + 1
+    types = b"".join([
+        struct.pack("=4I", name(b"int"), 1 << 24, 4, (1 << 24) | 32),  # 1: int (signed, 32 bits)
+        struct.pack("=3I", name(b"xdp_md"), 4 << 24, 24),  # 2: struct xdp_md (no members needed)
+        struct.pack("=3I", 0, 2 << 24, 2),  # 3: struct xdp_md *
+        struct.pack("=5I", 0, (13 << 24) | 1, 1, name(b"ctx"), 3),  # 4: int (struct xdp_md *ctx)
+        struct.pack("=3I", name(b"hm_probe"), (12 << 24) | 1, 4),  # 5: the function, linkage global (5.6+)
+    ])
+    header = struct.pack("=HBBI4I", 0xeB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings, 5
+
+
+def _probe_xdp_multiprog(host, fds):
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc, libxdp
+    try:
+        libxdp._load()
+    except libxdp.LibxdpError as exc:
+        raise _No(str(exc))
+    if libc.statfs(os.path.join(host.root, LIBXDP_BPFFS.lstrip("/"))) != BPF_FS_MAGIC:
+        raise _No("no bpffs is mounted at %s, where libxdp keeps its dispatchers" % LIBXDP_BPFFS)
+    blob, func = _freplace_btf()
+    try:
+        btf_fd = fds.add(bpf.btf_load(blob))
+    except bpf.BpfError as exc:
+        if exc.errno == errno.EINVAL:
+            raise _No("the kernel refuses BTF with a global function (BTF_FUNC_GLOBAL, 5.6+)")
+        raise _No(_explain(exc, "loading a minimal BTF blob", host))
+    insns = bpf.MOV64_IMM(0, 2) + bpf.EXIT()  # return XDP_PASS
+    with_btf = dict(prog_name="hm_probe", prog_btf_fd=btf_fd, func_info=[(0, func)])
+    try:
+        targets = [fds.add(bpf.prog_load(bpf.BPF_PROG_TYPE_XDP, insns, **with_btf)) for _i in range(2)]
+    except bpf.BpfError as exc:
+        raise _No(_explain(exc, "a minimal xdp program with BTF does not load", host, _NET))
+    try:
+        ext = fds.add(bpf.prog_load(bpf.BPF_PROG_TYPE_EXT, insns, attach_prog_fd=targets[0], attach_btf_id=func,
+                                    **with_btf))
+    except bpf.BpfError as exc:
+        raise _No(_explain(exc, "a minimal program extension (freplace) of an xdp program does not load", host, _EXT))
+    try:
+        fds.add(bpf.raw_tracepoint_open(None, ext))
+    except bpf.BpfError as exc:
+        raise _No(_explain(exc, "attaching a program extension to an xdp program", host, _EXT))
+    try:
+        fds.add(bpf.link_create(ext, targets[1], 0, target_btf_id=func))
+    except bpf.BpfError as exc:
+        if exc.errno == errno.EINVAL:
+            raise _No("a program extension cannot be attached to a second program (5.10+), which libxdp needs to "
+                      "add programs one at a time")
+        raise _No(_explain(exc, "attaching a program extension to a second xdp program", host, _EXT))
+    return ("libxdp loads, bpffs is at %s, and a minimal program extension (freplace) of an xdp program loads and "
+            "attaches to two of them (detached at once)" % LIBXDP_BPFFS)
+
+
 def _probe_perf_link(host, fds):
     prog = _load(host, fds, bpf.BPF_PROG_TYPE_TRACEPOINT, "tracepoint", _TRACE)
     try:
@@ -535,7 +607,7 @@ PROBES = {
     "cgroup": _probe_cgroup, "lsm": _probe_lsm, "bpf_link": _probe_bpf_link, "perf_link": _probe_perf_link,
     "holder": _probe_holder,
     "ringbuf": _probe_ringbuf, "btf": _probe_btf, "bpf_stats": _probe_bpf_stats,
-    "global_data": _probe_global_data,
+    "global_data": _probe_global_data, "xdp_multiprog": _probe_xdp_multiprog,
 }
 
 _RESULTS = {}

@@ -26,6 +26,13 @@ REQUIREMENTS = {
         "needs": "with CONFIG_BPF_SYSCALL; native mode needs a driver with XDP support, generic mode works on any "
                  "interface",
     },
+    "xdp_multiprog": {
+        "min_kernel": "5.10",
+        "what": "several xdp programs on one interface (libxdp's dispatcher: attach.xdp.priority, proceed_on)",
+        "needs": "with BPF program extensions (freplace, 5.6+) attachable to several programs (5.10+), BTF and the "
+                 "JIT, libxdp 1.3+ on the host (libxdp1, Debian 12 and newer) and bpffs at /sys/fs/bpf; without "
+                 "them, one xdp program per interface (attach.xdp without priority and proceed_on)",
+    },
     "tc": {
         "min_kernel": "4.4",
         "what": "tc (cls_bpf) programs",

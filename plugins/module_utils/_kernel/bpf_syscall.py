@@ -38,6 +38,7 @@ BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
 BPF_RAW_TRACEPOINT_OPEN = 17
+BPF_BTF_LOAD = 18
 BPF_BTF_GET_FD_BY_ID = 19
 BPF_TASK_FD_QUERY = 20
 BPF_MAP_FREEZE = 22
@@ -69,6 +70,7 @@ BPF_PROG_TYPE_XDP = 6
 BPF_PROG_TYPE_CGROUP_SKB = 8
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 BPF_PROG_TYPE_TRACING = 26
+BPF_PROG_TYPE_EXT = 28  # freplace: a program extension (5.6+), what libxdp's dispatcher runs
 BPF_PROG_TYPE_LSM = 29
 
 # ---- map types --------------------------------------------------------------------------------------------
@@ -266,8 +268,10 @@ def LDX_MEM_W(dst, src, off):
 
 # ---- programs ---------------------------------------------------------------------------------------------
 def prog_load(prog_type, insns, license="GPL", expected_attach_type=0, attach_btf_id=0, attach_btf_obj_fd=0,
-              prog_name="", log_level=0, prog_flags=0, kern_version=0, attach_prog_fd=0):
-    """Load a program; returns its fd. On failure retries once with a verifier log and raises BpfError(.log)."""
+              prog_name="", log_level=0, prog_flags=0, kern_version=0, attach_prog_fd=0, prog_btf_fd=0,
+              func_info=()):
+    """Load a program; returns its fd. On failure retries once with a verifier log and raises BpfError(.log).
+    prog_btf_fd and func_info ([(insn_off, BTF func type id)]): the program's BTF (freplace needs it, 5.6+)."""
     def attempt(level):
         a = _Attr()
         a.u32(0, prog_type)
@@ -286,6 +290,12 @@ def prog_load(prog_type, insns, license="GPL", expected_attach_type=0, attach_bt
             a.name(48, prog_name)
         if expected_attach_type:
             a.u32(68, expected_attach_type)
+        if prog_btf_fd:
+            a.u32(72, prog_btf_fd)
+        if func_info:
+            a.u32(76, 8)  # struct bpf_func_info: insn_off, type_id
+            a.ptr(80, b"".join(struct.pack("=II", off, tid) for off, tid in func_info))
+            a.u32(88, len(func_info))
         if attach_btf_id:
             a.u32(108, attach_btf_id)
         if attach_btf_obj_fd or attach_prog_fd:
@@ -308,6 +318,23 @@ def prog_load(prog_type, insns, license="GPL", expected_attach_type=0, attach_bt
             if not again.log:
                 raise e
             raise
+
+
+def btf_load(blob):
+    """BPF_BTF_LOAD: a BTF blob (header, types, strings) into the kernel; returns its fd. The kernel's log is in
+    BpfError.log when it refuses the blob."""
+    logbuf = ctypes.create_string_buffer(1 << 16)
+    a = _Attr()
+    a.ptr(0, blob)
+    a.ptr(8, logbuf)
+    a.u32(16, len(blob))
+    a.u32(20, len(logbuf))
+    a.u32(24, 1)
+    try:
+        return a.call(BPF_BTF_LOAD)
+    except BpfError as e:
+        e.log = logbuf.value.decode("utf-8", "replace")
+        raise
 
 
 # ---- maps -------------------------------------------------------------------------------------------------

@@ -265,6 +265,10 @@ class BpfObject(object):
         except elf.ElfError as exc:
             raise LibbpfError("opening %s failed: %s" % (self.path, exc), errno_mod.EINVAL, "opening %s" % self.path)
 
+    def pointer(self):
+        """The `struct bpf_object *` (libxdp takes the opened object as it is, libxdp.py); None once closed."""
+        return self._ptr
+
     def kern_version(self):
         """The LINUX_VERSION_CODE libbpf gives the object's programs."""
         return self.lib.bpf_object__kversion(self._ptr)

@@ -65,6 +65,9 @@ def describe(spec):
     if kind in ("xdp", "tc", "tcx"):
         where = spec["interface"] + (" in netns %s" % spec["netns"] if spec.get("netns") else "")
         extra = spec.get("direction") or spec.get("mode")
+        if "priority" in spec and kind == "xdp":
+            extra += ", libxdp dispatcher, priority %d, proceed_on %s" % (
+                spec["priority"], ",".join(spec["proceed_on"]) or "none")
         if spec.get("order"):
             extra += ", " + tcx_order.describe(spec["order"])
         return "%s on %s (%s)" % (kind, where, extra)

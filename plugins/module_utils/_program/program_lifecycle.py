@@ -10,7 +10,10 @@ Order of a converge, chosen so a SIGKILL at any point leaves nothing the next ru
   pin       prog and maps pinned under <name>/stage_<pid>/ (a leftover stage is ours: adopted, then removed);
             a map keeps its contents: the new object reuses the compatible pinned map, looked up in <name>/maps/
             first, then in leftover stages (a run killed mid-swap left the newest ones there)
-  attach    XDP/tc take the slot only as it was read: a free slot must still be free (XDP_FLAGS_UPDATE_IF_NOEXIST,
+  attach    an XDP program with a priority (attach.xdp.priority/proceed_on) is loaded by libxdp into the interface's
+            dispatcher instead of by libbpf (xdp_dispatcher.py), then pinned into the stage like any other: a
+            replace attaches the new copy first and takes the old one out of the dispatcher by id in the swap;
+            XDP/tc take the slot only as it was read: a free slot must still be free (XDP_FLAGS_UPDATE_IF_NOEXIST,
             tc NLM_F_EXCL), an occupied one must still hold the program read (XDP_FLAGS_REPLACE with it); tcx/cgroup
             links are updated in place (BPF_LINK_UPDATE), other links are created and pinned into the stage
   swap      each of the stage's pins renamed over its counterpart in <name>/ (prog, maps/<map>, link; rename on
@@ -31,6 +34,8 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import pro
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.held import Held
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_state as ps
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import tcx_order
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import xdp_dispatcher
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.program_spec import is_multiprog
 
 
 class ApplyError(Exception):
@@ -95,6 +100,8 @@ class Program(object):
             return not live.link and Held(self.pin_root, self.name).held_prog_id(rec["attach"]) == live.prog_id
         if rec.get("prog_attach"):  # a cgroup hook through BPF_PROG_ATTACH (no bpf_link): the hook lists it
             return not live.link and live.prog_id in pa.cgroup_attached_ids(rec["attach"])
+        if is_multiprog(rec["attach"]):  # in libxdp's dispatcher, with its priority and proceed_on
+            return not live.link and xdp_dispatcher.is_attached(rec["attach"], live.prog_id)
         return pa.is_attached(rec["attach"], live.prog_id, live.link)
 
     def before(self):
@@ -111,6 +118,8 @@ class Program(object):
                 out["globals"] = rec["globals"]  # the values it was loaded with
             if tcx_order.of(rec.get("attach")):
                 out["position"] = tcx_order.position(rec["attach"], self.live.prog_id)  # where it runs now
+            elif is_multiprog(rec.get("attach")):
+                out["position"] = xdp_dispatcher.position(rec["attach"], self.live.prog_id)
         return out
 
     def in_sync(self, want):
@@ -133,6 +142,9 @@ class Program(object):
     def check_slot(self, spec, force):
         """XDP/tc: refuse a slot held by a program this collection did not attach for `name` (unless force)."""
         if spec["type"] not in pa.NETLINK_KINDS:
+            return
+        if is_multiprog(spec):  # the dispatcher's programs share the hook; force takes nothing over there
+            xdp_dispatcher.check_slot(spec, self.live.owned_prog_ids)
             return
         holder = pa.slot_holder(spec)
         if not holder or holder in self.live.owned_prog_ids or force:
@@ -160,20 +172,33 @@ class Program(object):
                 if ps.make_dir(d):  # 0700; one that appeared meanwhile must be ours (UnsafePath otherwise)
                     created_dirs.append(d)
 
+            dispatched = want["state"] == "attached" and is_multiprog(spec)
             kept = self._reuse_maps(libbpf_object)
             try:
-                libbpf_object.load()
+                if dispatched:  # libxdp loads it (an extension of its dispatcher) and attaches it
+                    prog_fd, new_id = xdp_dispatcher.attach(spec, libbpf_object, want["program"])
+                    undo.append(lambda: xdp_dispatcher.detach(spec, set([new_id])))
+                else:
+                    libbpf_object.load()
             finally:
                 for fd in kept.values():
                     bs.close(fd)
 
-            prog_fd = libbpf_object.program_fd(want["program"])
-            new_id = bs.prog_info(prog_fd)["id"]
-            bs.obj_pin(prog_fd, os.path.join(stage, layout.PIN_PROG))
+            if dispatched:
+                try:
+                    bs.obj_pin(prog_fd, os.path.join(stage, layout.PIN_PROG))
+                finally:
+                    bs.close(prog_fd)  # our own dup: the pin and libxdp's dispatcher hold the program
+            else:
+                prog_fd = libbpf_object.program_fd(want["program"])
+                new_id = bs.prog_info(prog_fd)["id"]
+                bs.obj_pin(prog_fd, os.path.join(stage, layout.PIN_PROG))
             maps, shared = self._pin_maps(libbpf_object, stage)
 
             link_new = False
-            if want["state"] == "attached" and want.get("held"):
+            if dispatched:
+                pass  # attached above
+            elif want["state"] == "attached" and want.get("held"):
                 self._hold(spec, new_id, undo)
             elif want["state"] == "attached" and want.get("prog_attach"):
                 pa.cgroup_prog_attach(spec, prog_fd)
@@ -356,7 +381,9 @@ class Program(object):
         rec = self.record or {}
         olds = [rec.get("attach"), (rec.get("pending") or {}).get("attach")]
         for old in olds:
-            if old and old["type"] in pa.NETLINK_KINDS and (want["state"] != "attached" or old != spec):
+            if is_multiprog(old):  # the old copies out of the dispatcher, by id (the new one runs already)
+                xdp_dispatcher.detach(old, owned - set([new_id]))
+            elif old and old["type"] in pa.NETLINK_KINDS and (want["state"] != "attached" or old != spec):
                 pa.detach_netlink(old, owned)
 
     def _detach_old_prog_attach(self, want, spec, new_id):
@@ -408,7 +435,9 @@ class Program(object):
         specs = [rec.get("attach"), (rec.get("pending") or {}).get("attach"), extra_spec]
         if owned:
             for spec in specs:
-                if spec and spec["type"] in pa.NETLINK_KINDS:
+                if is_multiprog(spec):
+                    xdp_dispatcher.detach(spec, owned)
+                elif spec and spec["type"] in pa.NETLINK_KINDS:
                     pa.detach_netlink(spec, owned)
                 elif spec and spec["type"] == "cgroup" and not self.live.link:
                     for prog_id in owned:  # attached through BPF_PROG_ATTACH (no bpf_link), or by a killed run

@@ -40,7 +40,10 @@ ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["attached", "loaded", "absent"], default="attached"),
     attach=dict(type="dict", options=dict(
         xdp=dict(type="dict", options=dict(_IF, mode=dict(type="str", default="auto",
-                                                          choices=["auto", "generic", "native", "offload"]))),
+                                                          choices=["auto", "generic", "native", "offload"]),
+                                           priority=dict(type="int"),
+                                           proceed_on=dict(type="list", elements="str",
+                                                           choices=list(spec_mod.XDP_ACTIONS)))),
         tc=dict(type="dict", options=dict(_IF, direction=dict(type="str", choices=["ingress", "egress"],
                                                               default="ingress"),
                                           priority=dict(type="int", default=1))),
@@ -79,7 +82,7 @@ def gate(spec):
     of several on the hook); None when the kernel has everything."""
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_gate
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
-    features = spec_mod.FEATURES[spec["type"]]
+    features = spec_mod.features(spec)
     try:
         program_gate.require(features)
         return None
@@ -106,11 +109,12 @@ def gate_global_data(obj):
 def errors():
     """The exceptions that mean 'clear error, host unchanged' (import lazily what is heavy)."""
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.libbpf import LibbpfError
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.libxdp import LibxdpError
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.perf import PerfError
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.held import HoldError
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.holder_service import HolderUnavailable
-    out = [spec_mod.SpecError, LibbpfError, PerfError, probes.Unsupported, ApplyError, pa.AttachError,
+    out = [spec_mod.SpecError, LibbpfError, LibxdpError, PerfError, probes.Unsupported, ApplyError, pa.AttachError,
            HoldError, HolderUnavailable, LockTimeout, OSError]
     try:
         from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel.netlink import NetlinkError
@@ -229,8 +233,6 @@ class ProgramRun(object):
             after["held"] = before.get("held", False)
             return self.result(False, prog, before, after)
         self.prepare()
-        if p["state"] == "attached":
-            prog.check_slot(want["attach"], p["force"])
         if self.spec:
             route = gate(self.spec)  # before any change, in check mode too
             route = route if p["state"] == "attached" else None
@@ -238,6 +240,8 @@ class ProgramRun(object):
             want["prog_attach"] = route == "prog_attach"
             if want["prog_attach"]:
                 after["prog_attach"] = True
+        if p["state"] == "attached":
+            prog.check_slot(want["attach"], p["force"])  # after the gate: a host that cannot is told what it needs
         gate_global_data(self.obj)
         if p["state"] == "attached":
             tcx_order.check(want["attach"], prog.pin_root, prog.name, p["state_dir"], self.planned)  # a relative: managed, same hook

@@ -30,6 +30,13 @@ FEATURES = {
     "raw_tracepoint": ("raw_tracepoint", "bpf_link"), "fentry": ("fentry", "bpf_link"),
     "fexit": ("fentry", "bpf_link"), "lsm": ("lsm", "bpf_link"), "cgroup": ("cgroup", "bpf_link"),
 }
+# attach.xdp with priority or proceed_on: the program joins libxdp's dispatcher on the interface (several programs,
+# in priority order), which needs this feature besides the kind's own
+MULTIPROG_FEATURE = "xdp_multiprog"
+XDP_ACTIONS = ("aborted", "drop", "pass", "tx", "redirect")  # enum xdp_action, in its order
+XDP_PRIORITY_MIN, XDP_PRIORITY_MAX = 0, 1000
+XDP_DEFAULT_PRIORITY = 50  # libxdp's default run priority
+XDP_DEFAULT_PROCEED_ON = ["pass"]  # libxdp's default: the next program runs after XDP_PASS
 # the kinds the holder (holder.py, which keeps its own copy: it runs without this file) can keep attached where
 # the kernel cannot pin them (the last of their FEATURES missing: perf_link, or bpf_link for a raw tracepoint)
 HELD_KINDS = ("tracepoint", "kprobe", "kretprobe", "uprobe", "uretprobe", "raw_tracepoint")
@@ -199,6 +206,7 @@ def normalize(attach, section):
         out = {"type": kind, "interface": value["interface"], "netns": value.get("netns") or None}
         if kind == "xdp":
             out["mode"] = value.get("mode") or "auto"
+            out.update(_xdp_multiprog(value, out["mode"]))
         elif kind == "tc":
             out["direction"] = value.get("direction") or "ingress"
             out["priority"] = int(value.get("priority") or 1)
@@ -221,6 +229,48 @@ def normalize(attach, section):
     if not isinstance(value, str) or not value:
         raise SpecError("attach.%s must be a name" % kind)
     return {"type": kind, "target": value}
+
+
+def is_multiprog(spec):
+    """True for an XDP attach point through libxdp's dispatcher (attach.xdp.priority or proceed_on given)."""
+    return bool(spec) and spec.get("type") == "xdp" and "priority" in spec
+
+
+def features(spec):
+    """The features the attach point `spec` needs, in the order they are gated."""
+    out = FEATURES[spec["type"]]
+    if is_multiprog(spec):
+        out = out + (MULTIPROG_FEATURE,)
+    return out
+
+
+def _xdp_multiprog(value, mode):
+    """attach.xdp.priority / proceed_on: {"priority", "proceed_on"} when either is given (the other takes libxdp's
+    default), {} when neither is (one program on the interface, through netlink, as before)."""
+    priority, proceed_on = value.get("priority"), value.get("proceed_on")
+    if priority is None and proceed_on is None:
+        return {}
+    if priority is None:
+        priority = XDP_DEFAULT_PRIORITY
+    if not isinstance(priority, int) or isinstance(priority, bool) or not \
+            XDP_PRIORITY_MIN <= priority <= XDP_PRIORITY_MAX:
+        raise SpecError("attach.xdp.priority must be an integer from %d to %d (lower runs first; libxdp's default "
+                        "is %d), got %r" % (XDP_PRIORITY_MIN, XDP_PRIORITY_MAX, XDP_DEFAULT_PRIORITY, priority))
+    if proceed_on is None:
+        proceed_on = XDP_DEFAULT_PROCEED_ON
+    if not isinstance(proceed_on, (list, tuple)) or not all(isinstance(a, str) for a in proceed_on):
+        raise SpecError("attach.xdp.proceed_on must be a list of XDP actions (%s), got %r"
+                        % (", ".join(XDP_ACTIONS), proceed_on))
+    unknown = [a for a in proceed_on if a.lower() not in XDP_ACTIONS]
+    if unknown:
+        raise SpecError("attach.xdp.proceed_on: %s is not an XDP action (one of: %s)"
+                        % (", ".join(repr(a) for a in unknown), ", ".join(XDP_ACTIONS)))
+    if mode == "offload":
+        raise SpecError("attach.xdp.mode offload cannot be used with attach.xdp.priority or proceed_on: libxdp's "
+                        "dispatcher runs in native or generic mode; drop priority and proceed_on to offload one "
+                        "program")
+    wanted = set(a.lower() for a in proceed_on)
+    return {"priority": priority, "proceed_on": [a for a in XDP_ACTIONS if a in wanted]}
 
 
 def _uprobe(kind, value):

@@ -414,3 +414,76 @@ def test_before_5_0_the_probe_carries_the_kernels_own_version_code(tmp_path, mon
     (_name, _args, kwargs), = kernel.called("prog_load")
     assert kwargs["kern_version"] == 0x413ff
     assert result["supported"] is True, result
+
+
+# ---- xdp_multiprog: libxdp, bpffs, and a program extension that loads and attaches to two xdp programs ------
+class _FakeLibxdp(object):
+    def __init__(self, monkeypatch, error=None, bpffs=True):
+        from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc, libxdp
+
+        def load():
+            if error:
+                raise libxdp.LibxdpError(error, errno.ENOENT, "dlopen")
+        monkeypatch.setattr(libxdp, "_load", load)
+        monkeypatch.setattr(libc, "statfs", lambda path: probes.BPF_FS_MAGIC if bpffs else 0x01021994)
+
+
+def _multiprog_kernel(monkeypatch, btf_error=None, **errors):
+    kernel = FakeKernel(monkeypatch, **errors)
+
+    def btf_load(blob):
+        kernel.calls.append(("btf_load", (blob,), {}))
+        if btf_error:
+            raise bpf.BpfError(btf_error, "BPF_BTF_LOAD")
+        fd = os.open(os.devnull, os.O_RDONLY)
+        kernel.fds.append(fd)
+        return fd
+    monkeypatch.setattr(bpf, "btf_load", btf_load)
+    return kernel
+
+
+def test_xdp_multiprog_supported(tmp_path, monkeypatch):
+    _FakeLibxdp(monkeypatch)
+    kernel = _multiprog_kernel(monkeypatch)
+    result = run(tmp_path, fakehost.DEBIAN11, "xdp_multiprog")
+    assert result["supported"] is True, result
+    loads = kernel.called("prog_load")
+    assert [c[1][0] for c in loads] == [bpf.BPF_PROG_TYPE_XDP, bpf.BPF_PROG_TYPE_XDP, bpf.BPF_PROG_TYPE_EXT]
+    ext = loads[2][2]
+    assert ext["attach_prog_fd"] == kernel.fds[1] and ext["attach_btf_id"] == 5 and ext["func_info"] == [(0, 5)]
+    (_name, args, kwargs), = kernel.called("link_create")
+    assert args[1] == kernel.fds[2] and kwargs["target_btf_id"] == 5  # the second xdp program
+    assert kernel.called("raw_tracepoint_open")
+    assert kernel.all_closed()
+
+
+def test_xdp_multiprog_btf_blob_parses():
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import btf
+    blob, func = probes._freplace_btf()
+    parsed = btf.Btf(blob)
+    assert parsed.types[func]["kind"] == "func" and parsed.types[func]["name"] == "hm_probe"
+    assert parsed.find("xdp_md", "struct")
+
+
+@pytest.mark.parametrize("libxdp_error, bpffs, kernel_errors, words", [
+    ("libxdp is not installed on this host (looked for libxdp.so.1); install libxdp1", True, {},
+     "libxdp is not installed on this host"),
+    (None, False, {}, "no bpffs is mounted at /sys/fs/bpf"),
+    (None, True, {"btf_error": errno.EINVAL}, "BTF with a global function (BTF_FUNC_GLOBAL, 5.6+)"),
+    (None, True, {"prog_load": lambda t, *a, **k: errno.EPERM if t == bpf.BPF_PROG_TYPE_EXT else None},
+     "a minimal program extension (freplace) of an xdp program does not load: EPERM although this process has"),
+    (None, True, {"prog_load": lambda t, *a, **k: errno.EINVAL if t == bpf.BPF_PROG_TYPE_EXT else None},
+     "a minimal program extension (freplace) of an xdp program does not load: EINVAL"),
+    (None, True, {"raw_tracepoint_open": errno.ENOTSUP}, "attaching a program extension to an xdp program"),
+    (None, True, {"link_create": errno.EINVAL}, "cannot be attached to a second program (5.10+)"),
+])
+def test_xdp_multiprog_refused(tmp_path, monkeypatch, libxdp_error, bpffs, kernel_errors, words):
+    _FakeLibxdp(monkeypatch, libxdp_error, bpffs)
+    kernel = _multiprog_kernel(monkeypatch, **kernel_errors)
+    result = run(tmp_path, fakehost.DEBIAN11, "xdp_multiprog")
+    assert result["supported"] is False and words in result["reason"], result
+    assert result["message"].startswith("several xdp programs on one interface")
+    assert "xdp_multiprog needs kernel >= 5.10" in result["message"]
+    assert kernel.all_closed()
+    if libxdp_error or not bpffs:
+        assert kernel.calls == []  # decided before asking the kernel

@@ -6,7 +6,7 @@ import pytest
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import requirements as req
 
 DESIGN_FEATURES = ["xdp", "tc", "tcx", "tracepoint", "raw_tracepoint", "kprobe", "uprobe", "fentry", "cgroup", "lsm",
-                   "bpf_link", "perf_link", "holder", "ringbuf", "btf", "bpf_stats", "global_data"]
+                   "bpf_link", "perf_link", "holder", "ringbuf", "btf", "bpf_stats", "global_data", "xdp_multiprog"]
 
 
 def test_table_has_exactly_the_design_features():
@@ -25,7 +25,7 @@ def test_entries_are_complete(feature):
 @pytest.mark.parametrize("feature, min_kernel", [
     ("xdp", "4.8"), ("tcx", "6.6"), ("raw_tracepoint", "4.17"), ("fentry", "5.5"), ("lsm", "5.7"),
     ("bpf_link", "5.7"), ("perf_link", "5.15"), ("uprobe", "4.17"), ("ringbuf", "5.8"), ("bpf_stats", "5.8"),
-    ("global_data", "5.2"), ("holder", "4.7"),
+    ("global_data", "5.2"), ("holder", "4.7"), ("xdp_multiprog", "5.10"),
 ])
 def test_min_kernels(feature, min_kernel):
     assert req.min_kernel(feature) == min_kernel

@@ -277,6 +277,16 @@ def test_gate_never_holds_a_missing_program_type(gate_probes):
     assert pr.gate({"type": "cgroup", "path": "/sys/fs/cgroup", "cgroup_type": "egress"}) == "prog_attach"
 
 
+def test_gate_xdp_with_a_priority_needs_the_dispatcher(gate_probes):
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
+    multi = {"type": "xdp", "interface": "lo", "mode": "auto", "priority": 10, "proceed_on": ["pass"]}
+    assert pr.gate(multi) is None
+    gate_probes.add("xdp_multiprog")
+    with pytest.raises(probes.Unsupported, match="xdp_multiprog are not supported"):
+        pr.gate(multi)  # never one program per interface instead: the user asked for the dispatcher
+    assert pr.gate({"type": "xdp", "interface": "lo", "mode": "auto"}) is None
+
+
 def test_gate_cgroup_without_the_program_type_is_refused(gate_probes):
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._host import probes
     gate_probes.update(["cgroup", "bpf_link"])

@@ -1,6 +1,7 @@
 """program_spec: names, pin_root, objects, program choice and attach points, as tables."""
 import hashlib
 import os
+import re
 import subprocess
 
 import pytest
@@ -239,3 +240,36 @@ def test_the_holder_holds_exactly_the_kinds_the_spec_routes_to_it():
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import holder
     assert holder.HELD_KINDS == ps.HELD_KINDS
     assert all(ps.FEATURES[k][-1] in ("perf_link", "bpf_link") for k in ps.HELD_KINDS)
+
+
+# ---- attach.xdp.priority / proceed_on: libxdp's dispatcher ---------------------------------------------------
+@pytest.mark.parametrize("given, extra", [
+    ({}, {}),  # neither: one program per interface, through netlink, the record as before
+    ({"priority": 20}, {"priority": 20, "proceed_on": ["pass"]}),
+    ({"proceed_on": ["drop"]}, {"priority": 50, "proceed_on": ["drop"]}),
+    ({"priority": 0, "proceed_on": ["PASS", "drop", "pass"]}, {"priority": 0, "proceed_on": ["drop", "pass"]}),
+    ({"priority": 1000, "proceed_on": []}, {"priority": 1000, "proceed_on": []}),
+    ({"priority": 7, "proceed_on": ["redirect", "aborted", "tx"]},
+     {"priority": 7, "proceed_on": ["aborted", "tx", "redirect"]}),
+])
+def test_xdp_multiprog_normalised(given, extra):
+    value = dict({"interface": "veth0", "netns": None, "mode": None, "priority": None, "proceed_on": None}, **given)
+    want = dict({"type": "xdp", "interface": "veth0", "netns": None, "mode": "auto"}, **extra)
+    spec = ps.normalize({"xdp": value}, "xdp")
+    assert spec == want
+    assert ps.is_multiprog(spec) == bool(extra)
+    assert ps.features(spec) == (("xdp", "xdp_multiprog") if extra else ("xdp",))
+
+
+@pytest.mark.parametrize("given, needle", [
+    ({"priority": -1}, "attach.xdp.priority must be an integer from 0 to 1000"),
+    ({"priority": 1001}, "attach.xdp.priority must be an integer from 0 to 1000"),
+    ({"priority": True}, "attach.xdp.priority must be an integer"),
+    ({"priority": "5"}, "attach.xdp.priority must be an integer"),
+    ({"proceed_on": "pass"}, "attach.xdp.proceed_on must be a list of XDP actions"),
+    ({"proceed_on": ["pass", "accept"]}, "attach.xdp.proceed_on: 'accept' is not an XDP action"),
+    ({"priority": 10, "mode": "offload"}, "attach.xdp.mode offload cannot be used with attach.xdp.priority"),
+])
+def test_xdp_multiprog_refused(given, needle):
+    with pytest.raises(ps.SpecError, match=re.escape(needle)):
+        ps.normalize({"xdp": dict({"interface": "veth0"}, **given)}, "xdp")
