@@ -8,7 +8,8 @@
 
 `make_veth_pair(prefix=None, subnet=None)` creates namespaces `<prefix>a` and `<prefix>b` (prefix defaults to a
 unique "hmtNNNN"), a veth pair `<prefix>-a` (in ns_a, 10.199.X.1/24) and `<prefix>-b` (in ns_b, 10.199.X.2/24),
-brings everything up (loopback too) and, on exit, deletes both namespaces, which removes the veth pair and every
+brings everything up (loopback too; no IPv6 and no ARP on the pair, so nothing but a test's own traffic
+crosses it) and, on exit, deletes both namespaces, which removes the veth pair and every
 qdisc, filter and XDP program on it. X is picked so that no other pair of this process uses it.
 
 The pytest fixture `veth_pair` yields the same object (register it from a conftest with
@@ -17,6 +18,7 @@ The pytest fixture `veth_pair` yields the same object (register it from a confte
 Test-only code: it runs the `ip` and `ping` binaries (plugins/ never do). Traffic stays inside the namespaces.
 """
 import contextlib
+import json
 import itertools
 import os
 import subprocess
@@ -93,6 +95,13 @@ def make_veth_pair(prefix=None, subnet=None):
                             "echo 1 > /proc/sys/net/ipv6/conf/%s/disable_ipv6" % ifname], check=True)
             _ip("-n", ns, "link", "set", "lo", "up")
             _ip("-n", ns, "link", "set", ifname, "up")
+        # and no ARP: each side's neighbour entry for the other is permanent. A dynamic one is probed by unicast
+        # ARP seconds after traffic stops, and a test that wants one side silent would count that probe
+        for ns, ifname, peer_ns, peer_if, peer_addr in ((pair.ns_a, pair.if_a, pair.ns_b, pair.if_b, pair.addr_b),
+                                                        (pair.ns_b, pair.if_b, pair.ns_a, pair.if_a, pair.addr_a)):
+            mac = _ip("-n", peer_ns, "-j", "link", "show", peer_if)
+            _ip("-n", ns, "neigh", "replace", peer_addr, "lladdr", json.loads(mac)[0]["address"], "dev", ifname,
+                "nud", "permanent")
         yield pair
     finally:
         for ns in reversed(created):
