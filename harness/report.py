@@ -17,7 +17,7 @@ import time
 
 ORDER = ["bullseye", "bullseye-lsm", "bookworm", "trixie", "sid", "custom"]
 FEATURES = ["xdp", "tc", "tcx", "tracepoint", "raw_tracepoint", "kprobe", "uprobe", "fentry", "cgroup", "lsm",
-            "global_data", "bpf_link", "perf_link", "holder", "ringbuf", "btf", "bpf_stats"]
+            "global_data", "xdp_multiprog", "bpf_link", "perf_link", "holder", "ringbuf", "btf", "bpf_stats"]
 
 
 def _rank(name):

@@ -303,6 +303,56 @@ def test_globals_drop_port(host, result):
     assert after[0] - before[0] >= 6, (before, after)   # passed: port 8 (and whatever else lo carried)
 
 
+def dispatcher_programs(host):
+    """{prog_id: (priority, name)} of the programs in libxdp's dispatcher on hm1's loopback, as `xdp-loader
+    status` lists them (its " =>" lines: priority, name, id, tag, chain actions)."""
+    out = host.check_output("nsenter --net=/run/netns/hm1 xdp-loader status lo")
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("=>")]
+    return dict((int(r[3]), (int(r[1]), r[2])) for r in rows)
+
+
+def xdp_count_packets(host, where):
+    """The packets field of an xdp_counter program's map (key 0, summed over the CPUs); `where`: "pinned PATH"
+    or "id N"."""
+    total = 0
+    for entry in bpftool(host, "map", "dump", where) or []:
+        for v in entry.get("formatted", entry)["values"]:
+            total += v["value"]["packets"]
+    return total
+
+
+def test_xdp_multiprog(host, result):
+    """libxdp's dispatcher on hm1's loopback runs three programs: ours, xdp_multi_drop (drop_port 9, priority
+    10) and xdp_multi_count (priority 20), attached without force beside xdp-loader's counter (prepare.yml,
+    priority 50), which stays. xdp-loader status lists the three in that order. Of 10 datagrams to port 9 and
+    6 to port 8, the first program drops the 10, and both counters behind it see exactly what it passed (a
+    drop stops the chain). Skipped where the probes say xdp_multiprog does not work (bullseye: no libxdp)."""
+    if not probed_supported(result, "xdp_multi_drop"):
+        pytest.skip("ebpf_facts' probes: %s not supported in this guest" % missing_needs(result, "xdp_multi_drop"))
+    ours = dict((n, result["programs"][n]) for n in ("xdp_multi_drop", "xdp_multi_count"))
+    assert all(p["outcome"] == "attached" for p in ours.values()), ours
+    chain = dispatcher_programs(host)
+    assert chain.get(ours["xdp_multi_drop"]["prog_id"], (None,))[0] == 10, chain
+    assert chain.get(ours["xdp_multi_count"]["prog_id"], (None,))[0] == 20, chain
+    theirs = [i for i, (prio, name) in chain.items() if prio == 50 and name == "xdp_count"]
+    assert len(theirs) == 1 and len(chain) == 3, chain
+    their_map = "id %d" % bpftool(host, "prog", "show", "id", str(theirs[0]))["map_ids"][0]
+    verdicts = "%s/xdp_multi_drop/maps/port_verdicts" % PIN_ROOT
+    counters = {"ours": "pinned %s/xdp_multi_count/maps/xdp_stats" % PIN_ROOT, "theirs": their_map}
+
+    def read():
+        got = dict((k, xdp_count_packets(host, w)) for k, w in counters.items())
+        got.update(passed=map_total(host, verdicts, key=0), dropped=map_total(host, verdicts, key=1))
+        return got
+    send = ("ip netns exec hm1 python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "[s.sendto(bytes(8), (\"127.0.0.1\", p)) for p in [9] * 10 + [8] * 6]'")
+    before = read()
+    host.check_output(send)
+    moved = dict((k, v - before[k]) for k, v in read().items())
+    assert moved["dropped"] == 10 and moved["passed"] >= 6, moved
+    assert moved["ours"] == moved["theirs"] == moved["passed"], moved
+
+
 def test_pins_and_kernel_objects(host, result):
     """Every attached program is pinned, and the kernel lists it (and its link, where it has one)."""
     progs = {p["id"]: p for p in bpftool(host, "prog", "show")}
