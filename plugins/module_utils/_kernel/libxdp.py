@@ -44,6 +44,14 @@ DEFAULT_RUN_PRIO = 50  # libxdp's XDP_DEFAULT_RUN_PRIO
 DEFAULT_PROCEED_ON = ("pass",)  # libxdp's default chain-call actions
 MAX_PROGRAMS = 10  # the dispatcher's slots (libxdp's MAX_DISPATCHER_ACTIONS)
 SKIP_ENV = "LIBXDP_SKIP_DISPATCHER"  # libxdp attaches without a dispatcher when it is set
+# the variables libxdp reads from the environment, and what each would make it do: the module refuses to attach
+# while one is set (it runs as root: its dispatcher is loaded from libxdp's own directory, pinned in /sys/fs/bpf)
+REFUSED_ENV = (
+    (SKIP_ENV, "libxdp would attach without its dispatcher (one program per interface)"),
+    ("LIBXDP_OBJECT_PATH", "libxdp would load its dispatcher from that directory instead of its own"),
+    ("LIBXDP_BPFFS", "libxdp would pin its dispatchers there instead of /sys/fs/bpf, where other tools look"),
+    ("LIBXDP_BPFFS_AUTOMOUNT", "libxdp would mount a bpffs of its own"),
+)
 _LOG_BUF_SIZE = 1 << 16
 _TAIL_LINES = 5
 
@@ -263,9 +271,10 @@ class Program(object):
     def attach(self, ifindex, mode):
         """Load the program and put it into the interface's dispatcher (a new dispatcher swapped in atomically).
         The calling thread must be in the interface's network namespace. The caller checks what it got."""
-        if os.environ.get(SKIP_ENV):
-            raise LibxdpError("%s is set in this process's environment: libxdp would attach without its dispatcher "
-                              "(one program per interface); unset it" % SKIP_ENV, errno_mod.EINVAL, "attach")
+        for name, effect in REFUSED_ENV:
+            if os.environ.get(name):
+                raise LibxdpError("%s is set in this process's environment: %s; unset it" % (name, effect),
+                                  errno_mod.EINVAL, "attach")
         libbpf.raise_memlock()  # libxdp loads with libbpf: kernels before 5.11 charge bpf memory to RLIMIT_MEMLOCK
         with _lock:
             clear_log()

@@ -76,10 +76,16 @@ def test_unknown_program_is_a_libxdp_error_with_its_log():
 
 
 @needs_libxdp
-def test_skip_dispatcher_in_the_environment_is_refused(monkeypatch):
-    monkeypatch.setenv(libxdp.SKIP_ENV, "1")
+@pytest.mark.parametrize("name", ["LIBXDP_SKIP_DISPATCHER", "LIBXDP_OBJECT_PATH", "LIBXDP_BPFFS",
+                                  "LIBXDP_BPFFS_AUTOMOUNT"])
+def test_a_libxdp_variable_in_the_environment_is_refused_before_anything_is_loaded(monkeypatch, name):
+    """Each would change where libxdp loads its dispatcher from or pins it, or skip it: refused, ifindex 1 (lo)
+    never touched (a real attach there would need a network namespace of its own)."""
+    monkeypatch.setenv(name, "/tmp")
     with libbpf.BpfObject(os.path.join(OBJ, "xdp_counter.bpf.o")) as obj:
         obj.select("xdp_count")
         with libxdp.Program(obj, "xdp_count") as prog:
-            with pytest.raises(libxdp.LibxdpError, match="LIBXDP_SKIP_DISPATCHER is set"):
+            with pytest.raises(libxdp.LibxdpError, match="%s is set in this process's environment: libxdp would "
+                               % name):
                 prog.attach(1, libxdp.MODE_SKB)
+            assert prog.describe()["id"] == 0  # not loaded
