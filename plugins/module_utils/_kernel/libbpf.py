@@ -28,7 +28,7 @@ import os
 import resource
 import threading
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import elf, elf_kversion, libc, version_code
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import c_library, elf, elf_kversion, version_code
 
 LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so.0", "libbpf.so")
 KERNEL_5_0 = 5 << 16  # from 5.0 the kernel no longer checks a kprobe program's kern_version
@@ -36,14 +36,8 @@ _LOG_BUF_SIZE = 1 << 20
 _TAIL_LINES = 40
 
 
-class LibbpfError(Exception):
+class LibbpfError(c_library.LibraryError):
     """A libbpf failure: `.errno` (positive), `.op` (what failed), `.log_tail` (libbpf/verifier log tail)."""
-
-    def __init__(self, message, errno=0, op="", log_tail=""):
-        Exception.__init__(self, message)
-        self.errno = errno
-        self.op = op
-        self.log_tail = log_tail
 
 
 class _OpenOpts(ctypes.Structure):
@@ -62,18 +56,14 @@ class _MapDef(ctypes.Structure):
                 ("max_entries", ctypes.c_uint), ("map_flags", ctypes.c_uint)]
 
 
-_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-
 _lib = None
 _lock = threading.Lock()
-_log = []
-_log_buf = None
-_print_cb = None
+_log = c_library.CLog(_LOG_BUF_SIZE)  # what libbpf printed (its print callback, set at load)
 
 
 def _load():
     """Load libbpf once and declare the functions we use; raise LibbpfError when no libbpf is installed."""
-    global _lib, _log_buf, _print_cb
+    global _lib
     if _lib is not None:
         return _lib
     lib = None
@@ -116,7 +106,7 @@ def _load():
         "bpf_map__initial_value": ([vp, ctypes.POINTER(ctypes.c_size_t)], vp),  # not in 0.3
         "libbpf_get_error": ([vp], ctypes.c_long),
         "libbpf_strerror": ([ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
-        "libbpf_set_print": ([_PRINT_FN], vp),
+        "libbpf_set_print": ([c_library.PRINT_FN], vp),
     }
     if hasattr(lib, "bpf_object__next_program"):
         sigs["bpf_object__next_program"] = ([vp, vp], vp)
@@ -130,38 +120,23 @@ def _load():
             continue
         fn.argtypes = args
         fn.restype = res
-    _log_buf = ctypes.create_string_buffer(_LOG_BUF_SIZE)
-    _print_cb = _PRINT_FN(_on_print)
-    lib.libbpf_set_print(_print_cb)
+    lib.libbpf_set_print(_log.callback)
     _lib = lib
     return lib
 
 
-def _on_print(level, fmt, va_list):
-    """libbpf print callback: format the message with vsnprintf and keep it (never raises into C)."""
-    try:
-        n = libc.vsnprintf(_log_buf, _LOG_BUF_SIZE, fmt, va_list)
-        if n > 0:
-            _log.append((level, _log_buf.value.decode("utf-8", "replace")))
-    except Exception:  # pragma: no cover - a callback must not raise into C
-        pass
-    return 0
-
-
 def log_text(min_level=None):
     """Everything libbpf printed since the last clear_log(); levels 0 warn, 1 info, 2 debug."""
-    return "".join(text for level, text in _log if min_level is None or level <= min_level)
+    return _log.text(min_level)
 
 
 def clear_log():
-    del _log[:]
+    _log.clear()
 
 
 def log_tail(lines=_TAIL_LINES):
     """The last `lines` lines of libbpf's warnings: on a verifier rejection, the verifier log's tail."""
-    text = log_text(min_level=0)
-    parts = [ln for ln in text.splitlines() if ln.strip()]
-    return "\n".join(parts[-lines:])
+    return _log.tail(lines)
 
 
 def strerror(err):

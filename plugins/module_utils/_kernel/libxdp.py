@@ -22,7 +22,7 @@ Facts this binding relies on (libxdp 1.3.1 on Debian 12, kernel 6.1, checked in 
   program read that way stays in the kernel while the process lives.
 - A dispatcher holds at most MAX_PROGRAMS programs (E2BIG for one more); attaching in another mode than the
   interface's dispatcher gives EBUSY after libxdp's retries.
-libxdp's log goes through libxdp_set_print to a callback (vsnprintf on the va_list, as libbpf.py does); an error
+libxdp's log goes through libxdp_set_print to a c_library.CLog, as libbpf's does; an error
 is a LibxdpError with `.errno` and the tail of that log (for a failed attach: libbpf's, which has the verifier's
 words). libbpf is loaded first (libxdp links against it).
 Importable without ansible.
@@ -32,7 +32,7 @@ import errno as errno_mod
 import os
 import threading
 
-from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libbpf, libc
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import c_library, libbpf
 
 LIBXDP_NAMES = ("libxdp.so.1",)
 # enum xdp_action, in its order: the names proceed_on takes
@@ -56,14 +56,8 @@ _LOG_BUF_SIZE = 1 << 16
 _TAIL_LINES = 5
 
 
-class LibxdpError(Exception):
+class LibxdpError(c_library.LibraryError):
     """A libxdp failure: `.errno` (positive), `.op` (what failed), `.log_tail` (libxdp's last warnings)."""
-
-    def __init__(self, message, errno=0, op="", log_tail=""):
-        Exception.__init__(self, message)
-        self.errno = errno
-        self.op = op
-        self.log_tail = log_tail
 
 
 class ProgramOpts(ctypes.Structure):
@@ -81,17 +75,13 @@ class ProgramOpts(ctypes.Structure):
     ]
 
 
-_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-
 _lib = None
 _lock = threading.Lock()
-_log = []
-_log_buf = None
-_print_cb = None
+_log = c_library.CLog(_LOG_BUF_SIZE)  # what libxdp printed (its print callback, set at load)
 
 _VP, _INT, _UINT = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint
 SIGNATURES = {
-    "libxdp_set_print": ([_PRINT_FN], _VP),
+    "libxdp_set_print": ([c_library.PRINT_FN], _VP),
     "libxdp_get_error": ([_VP], ctypes.c_long),
     "libxdp_strerror": ([_INT, ctypes.c_char_p, ctypes.c_size_t], _INT),
     "xdp_program__create": ([ctypes.POINTER(ProgramOpts)], _VP),
@@ -116,7 +106,7 @@ SIGNATURES = {
 
 def _load():
     """Load libxdp once (after libbpf) and declare the functions we use; LibxdpError when it is not installed."""
-    global _lib, _log_buf, _print_cb
+    global _lib
     if _lib is not None:
         return _lib
     try:
@@ -141,9 +131,7 @@ def _load():
         fn = getattr(lib, fname)
         fn.argtypes = args
         fn.restype = res
-    _log_buf = ctypes.create_string_buffer(_LOG_BUF_SIZE)
-    _print_cb = _PRINT_FN(_on_print)
-    lib.libxdp_set_print(_print_cb)
+    lib.libxdp_set_print(_log.callback)
     _lib = lib
     return lib
 
@@ -157,29 +145,9 @@ def available():
         return False
 
 
-def _on_print(level, fmt, va_list):
-    """libxdp print callback: format the message with vsnprintf and keep it (never raises into C)."""
-    try:
-        n = libc.vsnprintf(_log_buf, _LOG_BUF_SIZE, fmt, va_list)
-        if n > 0:
-            _log.append((level, _log_buf.value.decode("utf-8", "replace")))
-    except Exception:  # pragma: no cover - a callback must not raise into C
-        pass
-    return 0
-
-
 def log_text(min_level=None):
-    """Everything libxdp printed since the last clear_log(); levels 0 warn, 1 info, 2 debug."""
-    return "".join(text for level, text in _log if min_level is None or level <= min_level)
-
-
-def clear_log():
-    del _log[:]
-
-
-def log_tail(lines=_TAIL_LINES):
-    parts = [ln.strip() for ln in log_text(min_level=0).splitlines() if ln.strip()]
-    return "\n".join(parts[-lines:])
+    """Everything libxdp printed since the last call into it; levels 0 warn, 1 info, 2 debug."""
+    return _log.text(min_level)
 
 
 def strerror(err):
@@ -192,7 +160,7 @@ def strerror(err):
 
 
 def _error(op, err):
-    tail = log_tail()
+    tail = _log.tail(_TAIL_LINES)
     msg = "%s failed: %s" % (op, strerror(err))
     if tail:
         msg += " (libxdp: %s)" % tail.replace("libxdp: ", "").replace("\n", "; ")
@@ -225,19 +193,11 @@ def _describe(lib, ptr):
             "priority": int(lib.xdp_program__run_prio(ptr)), "proceed_on": _proceed_on(lib, ptr)}
 
 
-class Program(object):
-    """One program of an opened libbpf.BpfObject (selected, not loaded), handed to libxdp. close() frees libxdp's
-    hold; the object stays the caller's (closed by it, after)."""
-
-    def __init__(self, bpf_object, prog_name):
-        self.lib = _load()
-        self._name = prog_name.encode()
-        self._opts = ProgramOpts(sz=ctypes.sizeof(ProgramOpts), obj=bpf_object.pointer(), prog_name=self._name)
-        with _lock:
-            clear_log()
-            ctypes.set_errno(0)
-            self._ptr = _check_ptr(self.lib.xdp_program__create(ctypes.byref(self._opts)),
-                                   "handing program %s to libxdp" % prog_name)
+class _Handle(object):
+    """A libxdp object of ours (`_ptr`), freed by close() (or at the end of a with block) with `_FREE`."""
+    _FREE = None
+    _ptr = None
+    lib = None
 
     def __enter__(self):
         return self
@@ -247,13 +207,29 @@ class Program(object):
 
     def close(self):
         if self._ptr:
-            self.lib.xdp_program__close(self._ptr)
+            getattr(self.lib, self._FREE)(self._ptr)
             self._ptr = None
+
+
+class Program(_Handle):
+    """One program of an opened libbpf.BpfObject (selected, not loaded), handed to libxdp. close() frees libxdp's
+    hold; the object stays the caller's (closed by it, after)."""
+    _FREE = "xdp_program__close"
+
+    def __init__(self, bpf_object, prog_name):
+        self.lib = _load()
+        self._name = prog_name.encode()
+        self._opts = ProgramOpts(sz=ctypes.sizeof(ProgramOpts), obj=bpf_object.pointer(), prog_name=self._name)
+        with _lock:
+            _log.clear()
+            ctypes.set_errno(0)
+            self._ptr = _check_ptr(self.lib.xdp_program__create(ctypes.byref(self._opts)),
+                                   "handing program %s to libxdp" % prog_name)
 
     def configure(self, priority, proceed_on):
         """Before attach: the run priority (lower runs first) and the actions after which the next program runs."""
         with _lock:
-            clear_log()
+            _log.clear()
             _check_rc(self.lib.xdp_program__set_run_prio(self._ptr, priority), "setting the run priority %d"
                       % priority)
             for value, name in enumerate(ACTIONS):
@@ -277,7 +253,7 @@ class Program(object):
                                   errno_mod.EINVAL, "attach")
         libbpf.raise_memlock()  # libxdp loads with libbpf: kernels before 5.11 charge bpf memory to RLIMIT_MEMLOCK
         with _lock:
-            clear_log()
+            _log.clear()
             libbpf.clear_log()
             rc = self.lib.xdp_program__attach(self._ptr, ifindex, mode, 0)
             if rc < 0:
@@ -289,11 +265,12 @@ class Program(object):
                 raise err
 
 
-class Dispatcher(object):
+class Dispatcher(_Handle):
     """What libxdp reads on an interface (the calling thread in its netns): `legacy` (a plain XDP program, not a
     dispatcher, or a dispatcher whose programs libxdp cannot find), `mode` (a MODE_* value), `main` (the attached
     program: {"id", "name", ...}) and `programs` (the dispatcher's, in run order). None from `read` when the
     interface holds no XDP program."""
+    _FREE = "xdp_multiprog__close"
 
     def __init__(self, lib, ptr, ifindex):
         self.lib = lib
@@ -309,7 +286,7 @@ class Dispatcher(object):
     def read(cls, ifindex):
         lib = _load()
         with _lock:
-            clear_log()
+            _log.clear()
             ctypes.set_errno(0)
             ptr = lib.xdp_multiprog__get_from_ifindex(ifindex)
             code = -lib.libxdp_get_error(ptr) if ptr else (ctypes.get_errno() or errno_mod.EINVAL)
@@ -327,17 +304,6 @@ class Dispatcher(object):
                 return
             yield cur
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
-        if self._ptr:
-            self.lib.xdp_multiprog__close(self._ptr)
-            self._ptr = None
-
     def find(self, prog_id):
         """The dispatcher's program with this id ({"id", "name", "priority", "proceed_on"}), or None."""
         for prog in self.programs:
@@ -351,7 +317,7 @@ class Dispatcher(object):
         for ptr in self._ptrs() if not self.legacy else ():
             if self.lib.xdp_program__id(ptr) == prog_id:
                 with _lock:
-                    clear_log()
+                    _log.clear()
                     _check_rc(self.lib.xdp_program__detach(ptr, self.ifindex, self.mode, 0),
                               "detaching program id %d through libxdp from ifindex %d" % (prog_id, self.ifindex))
                 return True

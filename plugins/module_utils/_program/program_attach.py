@@ -39,13 +39,18 @@ def _netlink():
     return netlink
 
 
-def _xdp_state(spec):
-    """The interface's XDP slot: {"prog_id", "mode", "modes"} (netlink.xdp_query); AttachError when absent."""
+def interface_call(name, spec):
+    """netlink.<name>(interface, netns) for the interface of `spec` (`ifindex`, `xdp_query`: {"prog_id", "mode",
+    "modes"}); AttachError when netlink refuses (no such interface or netns)."""
     nl = _netlink()
     try:
-        return nl.xdp_query(spec["interface"], spec.get("netns"))
+        return getattr(nl, name)(spec["interface"], spec.get("netns"))
     except nl.NetlinkError as e:
         raise AttachError(str(e))
+
+
+def _xdp_state(spec):
+    return interface_call("xdp_query", spec)
 
 
 def _cgroup_attach_type(spec):
@@ -115,11 +120,7 @@ def check_target(spec):
     """Raise a clear error when the attach target does not exist; change nothing."""
     kind = spec["type"]
     if kind in ("xdp", "tc", "tcx"):
-        nl = _netlink()
-        try:
-            nl.ifindex(spec["interface"], spec.get("netns"))
-        except nl.NetlinkError as e:
-            raise AttachError(str(e))
+        interface_call("ifindex", spec)
     elif kind == "tracepoint":
         from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import perf
         perf.tracepoint_id(spec["target"])

@@ -25,6 +25,7 @@ import os
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libxdp
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_attach as pa
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.program_attach import AttachError, describe
 
 # attach.xdp.mode -> the libxdp mode asked for when the interface has no dispatcher yet
@@ -40,11 +41,7 @@ def _netlink():
 
 
 def _ifindex(spec):
-    nl = _netlink()
-    try:
-        return nl.ifindex(spec["interface"], spec.get("netns"))
-    except nl.NetlinkError as e:
-        raise AttachError(str(e))
+    return pa.interface_call("ifindex", spec)
 
 
 def read(spec):

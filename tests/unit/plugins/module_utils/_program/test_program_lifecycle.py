@@ -4,7 +4,6 @@ pin_root (root) or a plain one (read side), records in tmp_path; nothing is load
 integration tests load and attach)."""
 import errno
 import os
-import shutil
 
 import pytest
 
@@ -15,14 +14,6 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import pro
 root_only = pytest.mark.skipif(os.geteuid() != 0 or not os.path.isdir("/sys/fs/bpf"),
                                reason="probe: not root, or no bpffs at /sys/fs/bpf")
 TP = {"type": "tracepoint", "target": "syscalls/sys_enter_openat"}
-
-
-@pytest.fixture
-def pin_root():
-    path = "/sys/fs/bpf/hm-unit-lifecycle-%d" % os.getpid()
-    os.mkdir(path, 0o700)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def record(**kw):

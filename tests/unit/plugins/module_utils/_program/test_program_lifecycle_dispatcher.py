@@ -4,7 +4,6 @@ priority; a replace attaches the new copy before the old copy is taken out by id
 out again; remove takes ours out by id. xdp_dispatcher is a fake here (this machine's kernel refuses freplace);
 the program behind it is a real minimal XDP program, so the pins and the record are real."""
 import os
-import shutil
 
 import pytest
 
@@ -16,14 +15,6 @@ from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import xdp
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.isdir("/sys/fs/bpf"),
                                 reason="probe: not root, or no bpffs at /sys/fs/bpf")
 SPEC = {"type": "xdp", "interface": "veth0", "netns": None, "mode": "auto", "priority": 20, "proceed_on": ["pass"]}
-
-
-@pytest.fixture
-def pin_root():
-    path = "/sys/fs/bpf/hm-unit-dispatcher-%d" % os.getpid()
-    os.mkdir(path, 0o700)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class Obj(object):

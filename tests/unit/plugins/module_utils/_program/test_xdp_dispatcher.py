@@ -8,6 +8,7 @@ import pytest
 
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import bpf_syscall as bs
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libxdp
+from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_attach as pa
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import xdp_dispatcher as xd
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._program.program_attach import AttachError, describe
 
@@ -134,6 +135,7 @@ def fakes(monkeypatch):
         def in_netns(netns):
             yield
     monkeypatch.setattr(xd, "_netlink", lambda: Netlink)
+    monkeypatch.setattr(pa, "_netlink", lambda: Netlink)  # the interface's index (pa.interface_call)
     monkeypatch.setattr(libxdp, "Program", FakeProgram)
     del FakeProgram.made[:]
     detached = []
