@@ -18,7 +18,7 @@ run_stage() {
   case "$1" in
     sanity) scripts/sanity.sh ;;
     unit) python -m pytest -q tests/unit ;;
-    integration) python -m pytest -q tests/integration ;;
+    integration) python -m pytest -q --durations=15 tests/integration ;;  # the slowest, for CI time
     core) scripts/core_range.sh ;;
     matrix) scripts/matrix.sh ;;
     *) echo "unknown stage $1 (one of: sanity unit integration core matrix)" >&2; return 2 ;;

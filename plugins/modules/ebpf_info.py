@@ -151,8 +151,13 @@ links:
   type: list
   elements: dict
 interfaces:
-  description: Each interface with its XDP program (C(prog_id), C(mode)), tc filters and tcx programs per
-    direction (C(null) where the kernel has no tcx).
+  description:
+    - Each interface with its XDP program (C(prog_id), C(mode)), tc filters and tcx programs per direction
+      (C(null) where the kernel has no tcx).
+    - Where the XDP program is libxdp's dispatcher (several programs on the interface, see
+      O(hypermesh.ebpf.ebpf_program#module:attach.xdp.priority)), C(xdp.dispatcher) lists its programs in run
+      order - C(id), C(name), C(priority), C(proceed_on) and C(managed_name) (null for a program of another tool,
+      such as C(xdp-loader)).
   returned: always
   type: list
   elements: dict

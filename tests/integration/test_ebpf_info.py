@@ -87,6 +87,7 @@ def test_lists_what_bpftool_lists_and_flags_ours(world):
     ifaces = dict(((i["netns"], i["ifname"]), i) for i in r["interfaces"])
     b_side = ifaces[(pair["b"], pair["b_if"])]
     assert b_side["xdp"]["prog_id"] == world["prog_id"] and b_side["xdp"]["mode"] == "generic", b_side
+    assert "dispatcher" not in b_side["xdp"], b_side  # a plain XDP program, not libxdp's dispatcher
     assert [f["prog_id"] for f in b_side["tc"]["egress"]] == [world["tc_prog_id"]], b_side
     assert b_side["tc"]["ingress"] == [] and progs[world["tc_prog_id"]]["managed_name"] == "tcc"
     a_side = ifaces[(pair["a"], pair["a_if"])]

@@ -13,7 +13,8 @@ under which name, and the XDP / tc / tcx programs of every interface in the give
   lock, put back after, even after a kill) and says which.
 - `wait_for_runs(names, pin_root, timeout)`: with stats on, poll the named managed programs until each has run
   (its run count grew) or the timeout passed; the health check of roles/ebpf_programs.
-- `interfaces(netns)`: [{"ifname", "ifindex", "netns", "xdp", "tc": {"ingress", "egress"}, "tcx": {...}}].
+- `interfaces(netns)`: [{"ifname", "ifindex", "netns", "xdp", "tc": {"ingress", "egress"}, "tcx": {...}}]; where
+  the XDP program is libxdp's dispatcher, "xdp" also has "dispatcher": its programs in run order.
 Importable without ansible.
 """
 
@@ -263,6 +264,10 @@ def interfaces(netns=None):
                 "tc": {"ingress": [], "egress": []}, "tcx": {"ingress": [], "egress": []}}
         try:
             item["xdp"] = netlink.xdp_query(ifname, netns)
+            if item["xdp"].get("prog_id"):
+                chain = _dispatcher_chain(ifname, netns)
+                if chain is not None:
+                    item["xdp"]["dispatcher"] = chain
         except Exception as e:  # one odd interface must not hide the others
             item["xdp_error"] = str(e)
         for direction in ("ingress", "egress"):
@@ -276,6 +281,25 @@ def interfaces(netns=None):
                 item["tcx"][direction] = None  # no tcx on this kernel (before 6.6)
         out.append(item)
     return out
+
+
+def _dispatcher_chain(ifname, netns):
+    """The programs of libxdp's dispatcher on the interface, in run order ([{"id", "name", "priority",
+    "proceed_on"}]); None where the interface holds a plain XDP program or libxdp is not installed."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libxdp
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import xdp_dispatcher
+    if not libxdp.available():
+        return None
+    state = xdp_dispatcher.read({"interface": ifname, "netns": netns})
+    return None if not state or state["legacy"] else state["programs"]
+
+
+def _name_dispatched(ifaces, progs):
+    """Each dispatcher program entry gets "managed_name" (None for another tool's), as its program has."""
+    names = dict((p["id"], p.get("managed_name")) for p in progs)
+    for item in ifaces:
+        for entry in (item.get("xdp") or {}).get("dispatcher", []):
+            entry["managed_name"] = names.get(entry["id"])
 
 
 def collect(pin_root=layout.PIN_ROOT, netns=None, stats=False, stats_seconds=0, wait_for=None, check_mode=False,
@@ -304,6 +328,7 @@ def collect(pin_root=layout.PIN_ROOT, netns=None, stats=False, stats_seconds=0, 
     ifaces = []
     for ns in [None] + list(netns or []):
         ifaces.extend(interfaces(ns))
+    _name_dispatched(ifaces, result["programs"])
     result["interfaces"] = ifaces
     result["managed_names"] = names
     result["held"] = held_with_runs(result["programs"])

@@ -171,3 +171,32 @@ def test_wait_for_runs_stops_when_every_program_ran(monkeypatch):
     r = inv.wait_for_runs(["a", "gone"], "/r", timeout=0.05, interval=0.01)
     assert r["ran"] == {"a": 0} and r["stalled"] == ["a", "gone"] and r["missing"] == ["gone"]
     assert r["waited"] >= 0.05
+
+
+def test_a_libxdp_dispatcher_lists_its_programs_in_run_order_with_their_managed_names(monkeypatch):
+    """eth1 runs libxdp's dispatcher (ours at 10, xdp-loader's at 50), eth0 a plain XDP program (libxdp says
+    legacy), lo nothing (libxdp is not asked)."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libxdp, netlink
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import xdp_dispatcher
+    monkeypatch.setattr(inv, "_interface_names", lambda netns: [(1, "lo"), (2, "eth0"), (3, "eth1")])
+    monkeypatch.setattr(netlink, "xdp_query", lambda ifname, netns=None: {
+        "lo": {"prog_id": 0}, "eth0": {"prog_id": 7, "mode": "native"}, "eth1": {"prog_id": 9, "mode": "generic"}}[ifname])
+    for name in ("tc_query", "tcx_query"):
+        monkeypatch.setattr(netlink, name, lambda ifname, direction, netns=None: [])
+    monkeypatch.setattr(libxdp, "available", lambda: True)
+    asked = []
+
+    def read(spec):
+        asked.append(spec["interface"])
+        if spec["interface"] == "eth0":
+            return {"legacy": True, "programs": []}
+        return {"legacy": False, "programs": [{"id": 11, "name": "xdp_port_drop", "priority": 10, "proceed_on": ["pass"]},
+                                              {"id": 12, "name": "xdp_count", "priority": 50, "proceed_on": ["pass"]}]}
+    monkeypatch.setattr(xdp_dispatcher, "read", read)
+    ifaces = inv.interfaces()
+    inv._name_dispatched(ifaces, [{"id": 11, "managed_name": "drop"}, {"id": 12, "managed_name": None}])
+    by_name = dict((i["ifname"], i["xdp"]) for i in ifaces)
+    assert asked == ["eth0", "eth1"]
+    assert "dispatcher" not in by_name["lo"] and "dispatcher" not in by_name["eth0"]
+    assert [(e["id"], e["priority"], e["managed_name"]) for e in by_name["eth1"]["dispatcher"]] == \
+        [(11, 10, "drop"), (12, 50, None)]
