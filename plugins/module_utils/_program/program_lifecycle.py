@@ -50,6 +50,12 @@ def _owner_of(pin_root, prog_id, me, state_dir=None):
     return None
 
 
+def _others_in(chain, live):
+    others = [p for p in chain if p["id"] not in live.owned_prog_ids]
+    return (" (the dispatcher also runs %s, which stay)" % ", ".join("%s id %d" % (p["name"], p["id"]) for p in others)
+            if others else "")
+
+
 def _prog_name(prog_id):
     try:
         fd = bs.get_fd_by_id("prog", prog_id)
@@ -147,8 +153,21 @@ class Program(object):
             xdp_dispatcher.check_slot(spec, self.live.owned_prog_ids)
             return
         holder = pa.slot_holder(spec)
-        if not holder or holder in self.live.owned_prog_ids or force:
+        if not holder or holder in self.live.owned_prog_ids:
             return
+        chain = xdp_dispatcher.programs_of(spec, holder) if spec["type"] == "xdp" else None
+        if chain and any(p["id"] in self.live.owned_prog_ids for p in chain):
+            raise ApplyError("%s: this program runs in the interface's libxdp dispatcher (attached with priority "
+                             "and proceed_on); to attach it alone, without them, remove it first (state: absent), "
+                             "then attach it again%s" % (pa.describe(spec), _others_in(chain, self.live)))
+        if force:
+            return
+        if chain is not None:
+            raise ApplyError("%s is held by libxdp's dispatcher (program id %d), which runs %s: give this program "
+                             "attach.xdp.priority to join them, or set force: true to replace the dispatcher (and "
+                             "take those programs off the interface)" % (
+                                 pa.describe(spec), holder,
+                                 ", ".join("%s id %d" % (p["name"], p["id"]) for p in chain) or "no program"))
         other = _owner_of(self.pin_root, holder, self.name, self.state_dir)
         who = ("hypermesh program %r" % other) if other else "a program hypermesh did not attach"
         raise ApplyError("%s is held by program id %d (%s), %s: set force: true to take it over"

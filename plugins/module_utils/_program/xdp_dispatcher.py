@@ -97,6 +97,20 @@ def position(spec, prog_id):
             "of": len(order), "mode": state["mode"]}
 
 
+def programs_of(spec, prog_id):
+    """The programs (run order) of libxdp's dispatcher `prog_id` on spec's interface; None when that program is
+    not a dispatcher libxdp can read, or libxdp is not installed."""
+    if not libxdp.available():
+        return None
+    try:
+        state = read(spec)
+    except libxdp.LibxdpError:
+        return None  # not one libxdp can read: the caller says what holds the hook
+    if not state or state["legacy"] or (state["main"] or {}).get("id") != prog_id:
+        return None
+    return state["programs"]
+
+
 def check_slot(spec, owned_prog_ids):
     """Refuse (AttachError, nothing changed) an interface whose XDP hook cannot take this program through the
     dispatcher. Programs of ours (owned_prog_ids) in the dispatcher are replaced, so they do not count."""

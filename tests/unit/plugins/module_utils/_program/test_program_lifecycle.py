@@ -123,3 +123,43 @@ def test_unlink_ignores_only_a_missing_file(tmp_path):
         pl._unlink(str(tmp_path / "d"))
     assert e.value.errno in (errno.EISDIR, errno.EPERM)
     assert pl._mtime(str(tmp_path / "none")) == 0
+
+
+class _Live(object):
+    def __init__(self, owned):
+        self.owned_prog_ids = set(owned)
+
+
+def _held_by_dispatcher(monkeypatch, tmp_path, owned, chain):
+    """Program x (owning `owned`) asks for eth1's XDP hook alone; libxdp's dispatcher id 9 holds it, running
+    `chain`."""
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import program_attach as pa
+    from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import xdp_dispatcher
+    monkeypatch.setattr(pa, "slot_holder", lambda spec: 9)
+    monkeypatch.setattr(xdp_dispatcher, "programs_of", lambda spec, prog_id: chain if prog_id == 9 else None)
+    monkeypatch.setattr(pl, "_prog_name", lambda prog_id: "xdp_dispatcher")
+    monkeypatch.setattr(pl, "_owner_of", lambda *a: None)
+    prog = pl.Program("x", str(tmp_path / "pins"), str(tmp_path / "state"))
+    prog.live = _Live(owned)
+    return prog, {"type": "xdp", "interface": "eth1", "netns": None, "mode": "generic"}
+
+
+def test_dropping_priority_from_a_program_in_the_dispatcher_is_refused_even_with_force(monkeypatch, tmp_path):
+    """Ours (id 11) runs in the dispatcher beside xdp-loader's (12): force would replace the dispatcher and so
+    take 12 off the interface; refused, saying how (remove first), naming what stays."""
+    chain = [{"id": 11, "name": "xdp_port_drop"}, {"id": 12, "name": "xdp_count"}]
+    prog, spec = _held_by_dispatcher(monkeypatch, tmp_path, [11], chain)
+    for force in (False, True):
+        with pytest.raises(pl.ApplyError, match=r"runs in the interface's libxdp dispatcher .* remove it first "
+                           r"\(state: absent\).* also runs xdp_count id 12, which stay"):
+            prog.check_slot(spec, force=force)
+
+
+def test_a_dispatcher_of_others_is_taken_over_only_with_force_and_the_message_names_its_programs(
+        monkeypatch, tmp_path):
+    chain = [{"id": 12, "name": "xdp_count"}]
+    prog, spec = _held_by_dispatcher(monkeypatch, tmp_path, [], chain)
+    with pytest.raises(pl.ApplyError, match=r"held by libxdp's dispatcher \(program id 9\), which runs xdp_count id "
+                       r"12: give this program attach.xdp.priority to join them, or set force: true to replace"):
+        prog.check_slot(spec, force=False)
+    assert prog.check_slot(spec, force=True) is None
