@@ -6,6 +6,7 @@
 the library; keep the CLog alive as long as the library may call it) and what it collected: `text(min_level)`,
 `tail(lines)` (the last warnings: on a verifier rejection, the verifier log's end), `clear()`. Levels are the
 libraries' own: 0 warn, 1 info, 2 debug. Each message is formatted by the C library's vsnprintf on the va_list.
+`open_first(names)`: the first of a library's sonames the dynamic loader finds.
 `LibraryError(message, errno, op, log_tail)`: a call that failed, with `.errno` (positive), `.op` (what failed)
 and `.log_tail` (the library's last warnings); each binding raises its own subclass.
 Importable without ansible.
@@ -15,6 +16,16 @@ import ctypes
 from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libc
 
 PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+def open_first(names):
+    """The first of the sonames `names` the dynamic loader finds (ctypes.CDLL, errno kept), or None."""
+    for name in names:
+        try:
+            return ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            continue
+    return None
 
 
 class LibraryError(Exception):

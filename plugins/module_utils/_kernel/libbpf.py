@@ -66,14 +66,8 @@ def _load():
     global _lib
     if _lib is not None:
         return _lib
-    lib = None
     names = LIBBPF_NAMES  # by soname, through the dynamic loader (LD_LIBRARY_PATH and ld.so.cache)
-    for name in names:
-        try:
-            lib = ctypes.CDLL(name, use_errno=True)
-            break
-        except OSError:
-            continue
+    lib = c_library.open_first(names)
     if lib is None:
         raise LibbpfError("libbpf is not installed on this host (looked for %s); install libbpf1 or libbpf0"
                           % ", ".join(names), errno_mod.ENOENT, "dlopen")

@@ -113,13 +113,7 @@ def _load():
         libbpf._load()  # libxdp links against libbpf.so.1: the binding's libbpf comes first, as ebpf_program's
     except libbpf.LibbpfError as exc:
         raise LibxdpError("libxdp needs libbpf: %s" % exc, exc.errno, "dlopen")
-    lib = None
-    for name in LIBXDP_NAMES:
-        try:
-            lib = ctypes.CDLL(name, use_errno=True)
-            break
-        except OSError:
-            continue
+    lib = c_library.open_first(LIBXDP_NAMES)
     if lib is None:
         raise LibxdpError("libxdp is not installed on this host (looked for %s); install libxdp1 (Debian 12 and "
                           "newer)" % ", ".join(LIBXDP_NAMES), errno_mod.ENOENT, "dlopen")

@@ -265,7 +265,7 @@ def interfaces(netns=None):
         try:
             item["xdp"] = netlink.xdp_query(ifname, netns)
             if item["xdp"].get("prog_id"):
-                chain = _dispatcher_chain(ifname, netns)
+                chain = _dispatcher_chain(ifname, netns, item["xdp"]["prog_id"])
                 if chain is not None:
                     item["xdp"]["dispatcher"] = chain
         except Exception as e:  # one odd interface must not hide the others
@@ -283,15 +283,11 @@ def interfaces(netns=None):
     return out
 
 
-def _dispatcher_chain(ifname, netns):
+def _dispatcher_chain(ifname, netns, prog_id):
     """The programs of libxdp's dispatcher on the interface, in run order ([{"id", "name", "priority",
     "proceed_on"}]); None where the interface holds a plain XDP program or libxdp is not installed."""
-    from ansible_collections.hypermesh.ebpf.plugins.module_utils._kernel import libxdp
     from ansible_collections.hypermesh.ebpf.plugins.module_utils._program import xdp_dispatcher
-    if not libxdp.available():
-        return None
-    state = xdp_dispatcher.read({"interface": ifname, "netns": netns})
-    return None if not state or state["legacy"] else state["programs"]
+    return xdp_dispatcher.programs_of({"interface": ifname, "netns": netns}, prog_id)
 
 
 def _name_dispatched(ifaces, progs):

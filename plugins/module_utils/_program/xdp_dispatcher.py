@@ -160,7 +160,7 @@ def attach(spec, bpf_object, prog_name):
     ifindex = state["ifindex"] if state else _ifindex(spec)
     mode = LIBXDP_MODES[spec.get("mode", "auto")]
     if state and not state["legacy"]:
-        mode = {"native": libxdp.MODE_NATIVE, "generic": libxdp.MODE_SKB}.get(state["mode"], mode)
+        mode = LIBXDP_MODES.get(state["mode"], mode)  # the dispatcher's own mode
     with libxdp.Program(bpf_object, prog_name) as prog:
         prog.configure(spec["priority"], spec["proceed_on"])
         with _netlink().in_netns(spec.get("netns")):

@@ -189,9 +189,10 @@ def test_a_libxdp_dispatcher_lists_its_programs_in_run_order_with_their_managed_
     def read(spec):
         asked.append(spec["interface"])
         if spec["interface"] == "eth0":
-            return {"legacy": True, "programs": []}
-        return {"legacy": False, "programs": [{"id": 11, "name": "xdp_port_drop", "priority": 10, "proceed_on": ["pass"]},
-                                              {"id": 12, "name": "xdp_count", "priority": 50, "proceed_on": ["pass"]}]}
+            return {"legacy": True, "main": {"id": 7}, "programs": []}
+        return {"legacy": False, "main": {"id": 9},
+                "programs": [{"id": 11, "name": "xdp_port_drop", "priority": 10, "proceed_on": ["pass"]},
+                             {"id": 12, "name": "xdp_count", "priority": 50, "proceed_on": ["pass"]}]}
     monkeypatch.setattr(xdp_dispatcher, "read", read)
     ifaces = inv.interfaces()
     inv._name_dispatched(ifaces, [{"id": 11, "managed_name": "drop"}, {"id": 12, "managed_name": None}])
